@@ -1,0 +1,100 @@
+"""`indexer build`: reader (catalogue) -> mapper (embedder) -> writer (FAISS + SQLite + manifest)."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import torch
+
+from model import DEFAULT_MODEL_SPEC, load_model
+
+from . import __version__
+from .catalog import CatalogEntry, entries_from_csv, entries_from_folder, image_root_for, relative_to_root
+from .encode import encode_paths, resolve_device
+from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, new_staging_dir, prepare_index_dir, publish, writer_lock
+from .store import (DEFAULT_INDEX_FACTORY, INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, IndexBuildError,
+                    build_faiss_index, make_faiss_index, write_faiss, write_manifest, write_metadata)
+
+log = logging.getLogger("snap2shop.indexer")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path
+    images: Path | None = None
+    catalog: Path | None = None
+    model_spec: str = DEFAULT_MODEL_SPEC
+    batch_size: int = 32
+    device: str = "auto"
+    index_factory: str = DEFAULT_INDEX_FACTORY
+    workers: int | None = None
+    progress: bool = True
+
+
+def read_catalog(options: BuildOptions) -> list[CatalogEntry]:
+    if options.catalog:
+        return entries_from_csv(options.catalog, options.images)
+    if options.images:
+        return entries_from_folder(options.images)
+    raise IndexBuildError("give --images DIR, --catalog CSV, or both")
+
+
+def build_index(options: BuildOptions) -> Path:
+    """Encode the catalogue and publish a new index version. Returns the version folder."""
+    started = time.perf_counter()
+    entries = read_catalog(options)
+    if not entries:
+        raise IndexBuildError(f"no photos found ({', '.join(('.jpg', '.jpeg', '.png', '.webp', '.bmp'))}) "
+                              f"in {options.catalog or options.images}")
+    device = resolve_device(options.device)
+    log.info("encoding %d photos on %s", len(entries), device)
+    loaded = load_model(options.model_spec)
+    make_faiss_index(loaded.model.embedding_dim, options.index_factory)  # fail on a typo before encoding
+
+    out = Path(options.out)
+    with writer_lock(out):
+        prepare_index_dir(out)
+        encoded = encode_paths([e.path for e in entries], loaded, batch_size=options.batch_size,
+                               device=device, workers=options.workers, progress=options.progress)
+        skipped = [{"path": str(entries[i].path), "reason": reason} for i, reason in encoded.failures]
+        if len(encoded.ok_indices) == 0:
+            raise IndexBuildError(
+                f"none of the {len(entries)} photos could be encoded; first errors: "
+                + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+            )
+        staging = new_staging_dir(out)
+        t0 = time.perf_counter()
+        index = build_faiss_index(encoded.embeddings, options.index_factory)
+        write_faiss(index, staging / FAISS_FILE)
+        index_s = time.perf_counter() - t0
+
+        root = image_root_for(options.images, options.catalog)
+        rows = [ImageRow(vector_id=vid, item_id=entries[i].item_id,
+                         path=relative_to_root(entries[i].path, root), attributes=entries[i].attributes)
+                for vid, i in enumerate(encoded.ok_indices.tolist())]
+        item_count = write_metadata(staging / METADATA_FILE, rows)
+        manifest = {
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "snap2shop_version": __version__,
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"spec": loaded.spec, "checksum": loaded.checksum, "config": loaded.config.to_dict()},
+            "dim": loaded.model.embedding_dim,
+            "preprocessing": loaded.config.preprocessing.to_dict(),
+            "metric": "inner_product",
+            "index_factory": options.index_factory,
+            "catalog": {"image_root": str(root), "csv": str(Path(options.catalog).resolve()) if options.catalog else None},
+            "counts": {"photos_found": len(entries), "vectors": len(rows), "items": item_count,
+                       "skipped": len(skipped)},
+            "skipped": skipped,
+            "timings": encoded.timings | {"index_s": round(index_s, 3),
+                                          "total_s": round(time.perf_counter() - started, 3)},
+            "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
+        }
+        write_manifest(staging / MANIFEST, manifest)
+        version = publish(out, staging)
+    return version

@@ -1,0 +1,131 @@
+"""An index folder holds immutable versions and a `current` symlink naming the live one.
+
+    INDEX_DIR/current -> v-20261126T101500-3f2a
+    INDEX_DIR/v-20261126T101500-3f2a/{index.faiss, metadata.sqlite, manifest.json}
+
+A new version is written in a staging folder beside the others and published by replacing the
+symlink with os.replace, which is atomic: a reader sees the old complete index or the new complete
+one, never a half-written one, and a build killed mid-way leaves `current` untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+CURRENT = "current"
+MANIFEST = "manifest.json"
+FAISS_FILE = "index.faiss"
+METADATA_FILE = "metadata.sqlite"
+_STAGING_PREFIX = ".staging-"
+_VERSION_PREFIX = "v-"
+KEEP_PREVIOUS_VERSIONS = 1  # one old version stays, for rollback and for readers still on it
+
+
+class IndexLayoutError(ValueError):
+    """The folder is not a snap2shop index, or cannot become one."""
+
+
+def resolve_version_dir(index_dir: str | Path) -> Path:
+    """The folder holding the live version's files. Accepts an index folder or a version folder."""
+    index_dir = Path(index_dir)
+    if (index_dir / MANIFEST).is_file():
+        return index_dir
+    current = index_dir / CURRENT
+    if current.is_symlink() or current.is_dir():
+        target = current.resolve()
+        if (target / MANIFEST).is_file():
+            return target
+        raise IndexLayoutError(f"{current} points to {target}, which holds no {MANIFEST}")
+    if not index_dir.exists():
+        raise IndexLayoutError(f"index folder {index_dir} does not exist")
+    raise IndexLayoutError(f"{index_dir} is not a snap2shop index (no {CURRENT} link, no {MANIFEST})")
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: Path) -> Iterator[None]:
+    """One writer per index folder; a second build waits rather than interleaving."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexLayoutError(f"another process is writing {index_dir}; try again when it ends") from None
+        yield
+
+
+def prepare_index_dir(index_dir: Path) -> None:
+    index_dir.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in index_dir.iterdir() if p.name not in (".lock",)]
+    ours = all(p.name == CURRENT or p.name.startswith((_VERSION_PREFIX, _STAGING_PREFIX)) for p in entries)
+    if not ours:
+        raise IndexLayoutError(
+            f"{index_dir} exists and holds files that are not a snap2shop index; "
+            f"choose an empty or new folder for --out"
+        )
+    _remove_abandoned_staging(index_dir)
+
+
+def new_staging_dir(index_dir: Path) -> Path:
+    staging = index_dir / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    staging.mkdir()
+    return staging
+
+
+def publish(index_dir: Path, staging: Path) -> Path:
+    """Make the staged version live. Returns the version folder."""
+    name = f"{_VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+    version = index_dir / name
+    _fsync_tree(staging)
+    staging.rename(version)
+    link_tmp = index_dir / f".{CURRENT}-{secrets.token_hex(3)}"
+    os.symlink(name, link_tmp)
+    os.replace(link_tmp, index_dir / CURRENT)
+    _fsync_dir(index_dir)
+    _remove_old_versions(index_dir, keep={name})
+    return version
+
+
+def _remove_old_versions(index_dir: Path, keep: set[str]) -> None:
+    versions = sorted((p for p in index_dir.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.name not in keep),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in versions[KEEP_PREVIOUS_VERSIONS:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_abandoned_staging(index_dir: Path) -> None:
+    for staging in index_dir.glob(f"{_STAGING_PREFIX}*"):
+        pid = staging.name[len(_STAGING_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

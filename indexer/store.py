@@ -1,0 +1,209 @@
+"""Writer stage and its reader: the FAISS index, item metadata in SQLite, and the manifest."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, resolve_version_dir
+
+INDEX_FORMAT = "snap2shop-index"
+INDEX_FORMAT_VERSION = 1
+DEFAULT_INDEX_FACTORY = "Flat"
+
+
+class IndexBuildError(RuntimeError):
+    """The vectors could not be turned into the requested FAISS index."""
+
+
+class IndexOpenError(RuntimeError):
+    """An index folder cannot be served: missing, corrupt or inconsistent files."""
+
+
+def make_faiss_index(dim: int, factory: str = DEFAULT_INDEX_FACTORY):
+    """An empty index for `dim`-dim unit vectors; inner product equals cosine similarity."""
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
+        raise IndexBuildError(f"invalid FAISS index factory string {factory!r}: {first_line}") from None
+
+
+def build_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_INDEX_FACTORY):
+    index = make_faiss_index(vectors.shape[1], factory)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    try:
+        if not index.is_trained:
+            index.train(vectors)
+        index.add(vectors)
+    except RuntimeError as exc:
+        raise IndexBuildError(
+            f"FAISS could not build {factory!r} from {len(vectors)} vectors: "
+            f"{str(exc).strip().splitlines()[-1]} (small catalogues need fewer clusters, or 'Flat')"
+        ) from None
+    return index
+
+
+def write_faiss(index, path: Path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    vector_id: int
+    item_id: str
+    path: str
+    attributes: dict
+
+
+def write_metadata(path: Path, rows: Iterable[ImageRow]) -> int:
+    """One row per vector; `items` keeps the first-seen attributes of each item."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(
+            """
+            CREATE TABLE images (vector_id INTEGER PRIMARY KEY, item_id TEXT NOT NULL,
+                                 path TEXT NOT NULL, attributes TEXT NOT NULL);
+            CREATE INDEX images_by_item ON images(item_id);
+            CREATE TABLE items (item_id TEXT PRIMARY KEY, attributes TEXT NOT NULL,
+                                image_count INTEGER NOT NULL);
+            """
+        )
+        items: dict[str, list] = {}
+        batch = []
+        for row in rows:
+            batch.append((row.vector_id, row.item_id, row.path, json.dumps(row.attributes, sort_keys=True)))
+            entry = items.setdefault(row.item_id, [row.attributes, 0])
+            entry[1] += 1
+        conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?)", batch)
+        conn.executemany("INSERT INTO items VALUES (?, ?, ?)",
+                         [(k, json.dumps(v[0], sort_keys=True), v[1]) for k, v in items.items()])
+        conn.commit()
+        return len(items)
+    finally:
+        conn.close()
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class MetadataStore:
+    """Read-only access to an index version's SQLite metadata, safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise IndexOpenError(f"metadata file {path} is missing")
+        # immutable=1: versions are never modified after publishing, so SQLite may skip locking.
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        self._lock = threading.Lock()
+        try:
+            self.count_images()
+        except sqlite3.DatabaseError as exc:
+            raise IndexOpenError(f"metadata file {path} is corrupt: {exc}") from None
+
+    def count_images(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def count_items(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def images_for_vectors(self, vector_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """vector id -> (item id, image path)"""
+        ids = [int(v) for v in vector_ids]
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT vector_id, item_id, path FROM images WHERE vector_id IN ({marks})", ids
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def item(self, item_id: str) -> dict | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT attributes, image_count FROM items WHERE item_id = ?", (item_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            paths = [r[0] for r in self._conn.execute(
+                "SELECT path FROM images WHERE item_id = ? ORDER BY vector_id", (item_id,))]
+        return {"item_id": item_id, "attributes": json.loads(row[0]), "image_count": row[1], "images": paths}
+
+    def items(self, item_ids: Sequence[str]) -> dict[str, dict]:
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT item_id, attributes FROM items WHERE item_id IN ({marks})", ids
+            ).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class OpenedIndex:
+    version_dir: Path
+    manifest: dict
+    faiss_index: object
+    metadata: MetadataStore
+
+    @property
+    def image_root(self) -> Path:
+        return Path(self.manifest["catalog"]["image_root"])
+
+    def resolve_image_path(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.image_root / path
+
+
+def read_manifest(index_dir: str | Path) -> tuple[Path, dict]:
+    version_dir = resolve_version_dir(index_dir)
+    try:
+        manifest = json.loads((version_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexOpenError(f"{version_dir / MANIFEST} is unreadable or not JSON: {exc}") from None
+    if manifest.get("format") != INDEX_FORMAT:
+        raise IndexOpenError(f"{version_dir / MANIFEST} is not a snap2shop index manifest")
+    if manifest.get("format_version", 0) > INDEX_FORMAT_VERSION:
+        raise IndexOpenError(f"{version_dir} was written by a newer snap2shop (format {manifest['format_version']})")
+    return version_dir, manifest
+
+
+def open_index(index_dir: str | Path) -> OpenedIndex:
+    """Load the live version, checking that its three files agree with each other."""
+    import faiss
+
+    version_dir, manifest = read_manifest(index_dir)
+    faiss_path = version_dir / FAISS_FILE
+    if not faiss_path.is_file():
+        raise IndexOpenError(f"FAISS file {faiss_path} is missing")
+    try:
+        index = faiss.read_index(str(faiss_path))
+    except RuntimeError as exc:
+        raise IndexOpenError(f"FAISS file {faiss_path} is corrupt: {str(exc).strip().splitlines()[-1]}") from None
+    metadata = MetadataStore(version_dir / METADATA_FILE)
+    if index.d != manifest["dim"]:
+        raise IndexOpenError(f"{faiss_path} holds {index.d}-dim vectors but the manifest says {manifest['dim']}")
+    if index.ntotal != metadata.count_images() or index.ntotal != manifest["counts"]["vectors"]:
+        raise IndexOpenError(
+            f"{version_dir} is inconsistent: {index.ntotal} vectors in FAISS, "
+            f"{metadata.count_images()} rows in metadata, {manifest['counts']['vectors']} in the manifest"
+        )
+    return OpenedIndex(version_dir=version_dir, manifest=manifest, faiss_index=index, metadata=metadata)

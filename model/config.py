@@ -1,0 +1,97 @@
+"""The embedder's configuration: everything needed to rebuild the network and its preprocessing.
+
+The config travels inside every checkpoint and every index manifest, so indexing, serving and
+training derive the same network and the same pixel pipeline from one place (as timm's
+`pretrained_cfg` does).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+CONFIG_FORMAT_VERSION = 1
+
+POOLINGS = ("max", "gem", "avg")
+RESIZE_POLICIES = ("letterbox", "squash", "center-crop")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded RGB photo becomes the network's input tensor."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # letterbox keeps the whole garment and its proportions, which matters for shop photos that
+    # are tall (dresses) or wide (bags); squash and center-crop are there for models trained so.
+    resize: str = "letterbox"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+        if not 16 <= self.input_size <= 2048:
+            raise ValueError(f"input_size must be between 16 and 2048, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std positive")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
+
+    def matches(self, other: "Preprocessing", tol: float = 1e-6) -> bool:
+        return (
+            self.input_size == other.input_size
+            and self.resize == other.resize
+            and all(abs(a - b) <= tol for a, b in zip(self.mean + self.std, other.mean + other.std))
+        )
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Architecture of the embedder: backbone -> global pooling -> optional FC to `dim` -> L2 norm.
+
+    `dim=None` means no projection: the embedding is the pooled backbone feature (an untrained
+    head must not add a random projection that would scramble pretrained features).
+    """
+
+    backbone: str = "efficientnet-lite0"
+    pooling: str = "max"
+    dim: int | None = None
+    gem_p: float = 3.0
+    bnneck: bool = False
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    format_version: int = CONFIG_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.dim is not None and not 1 <= self.dim <= 65536:
+            raise ValueError(f"dim must be a positive integer, got {self.dim}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EmbedderConfig":
+        version = data.get("format_version", CONFIG_FORMAT_VERSION)
+        if version > CONFIG_FORMAT_VERSION:
+            raise ValueError(
+                f"config format version {version} is newer than this snap2shop understands "
+                f"({CONFIG_FORMAT_VERSION}); upgrade snap2shop"
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "preprocessing" in values:
+            values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+        return cls(**values)

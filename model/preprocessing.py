@@ -1,0 +1,126 @@
+"""The one definition of how a photo becomes the embedder's input.
+
+Training, indexing and serving all call `load_image` and `build_transform(config.preprocessing)`,
+so a catalogue photo and a shopper's upload go through exactly the same pixels-to-tensor path.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import Preprocessing
+
+# Pillow's own bomb guard warns at 89 Mpx and only raises at twice that; we refuse earlier and
+# before decoding, from the header alone. 40 Mpx is above any phone camera's output.
+MAX_PIXELS = 40_000_000
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a photo we can use; the message is safe to show to the uploader."""
+
+
+def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a photo to an upright 8-bit RGB image.
+
+    `target_size` lets JPEG decoding run at a reduced scale (libjpeg's DCT scaling) when the photo
+    is much larger than the network input: the result is never smaller than target_size on its
+    shorter side, so the later resize sees the same detail.
+    """
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            if img.format not in SUPPORTED_FORMATS:
+                raise ImageDecodeError(
+                    f"unsupported image format {img.format}; supported: {', '.join(SUPPORTED_FORMATS[:-1])}"
+                )
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise ImageDecodeError("image has no pixels")
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} pixels, more than the {max_pixels} allowed"
+                )
+            if target_size and img.format == "JPEG":
+                img.draft("RGB", (target_size, target_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not an image, or not a supported format ({', '.join(SUPPORTED_FORMATS[:-1])})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Catalogue cut-outs are shown on white; compositing on white matches how shoppers see them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_to_input(img: Image.Image, prep: Preprocessing) -> Image.Image:
+    size = prep.input_size
+    width, height = img.size
+    if prep.resize == "squash":
+        return img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    if prep.resize == "center-crop":
+        scale = size / min(width, height)
+        img = img.resize((max(size, round(width * scale)), max(size, round(height * scale))),
+                         Image.BILINEAR, reducing_gap=3.0)
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        return img.crop((left, top, left + size, top + size))
+    # letterbox: the padding takes the normalisation mean, so it becomes zeros in the tensor.
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
+    fill = tuple(round(m * 255) for m in prep.mean)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas
+
+
+def to_tensor(img: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    mean = torch.tensor(prep.mean).view(3, 1, 1)
+    std = torch.tensor(prep.std).view(3, 1, 1)
+    return (arr.float().div_(255.0) - mean) / std
+
+
+def build_transform(prep: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """RGB PIL image -> normalised float tensor (3, input_size, input_size)."""
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        return to_tensor(resize_to_input(img, prep), prep)
+
+    return transform
+
+
+def load_and_transform(source: str | Path | bytes | BinaryIO, prep: Preprocessing) -> torch.Tensor:
+    return build_transform(prep)(load_image(source, target_size=prep.input_size))

@@ -1,0 +1,117 @@
+"""The loaded index and model, and the search they answer. The only long-lived state of the service."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.encode import resolve_device
+from indexer.store import OpenedIndex, open_index
+from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
+
+log = logging.getLogger("snap2shop.service")
+
+
+class IncompatibleIndexError(RuntimeError):
+    """The index and the model cannot work together; refused at start-up."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    item_id: str
+    score: float
+    image_path: str
+    attributes: dict = field(default_factory=dict)
+
+
+class SearchEngine:
+    def __init__(self, index: OpenedIndex, model: LoadedModel, device: torch.device) -> None:
+        self.index = index
+        self.model = model
+        self.device = device
+        self.preprocessing = model.config.preprocessing
+        self._transform = build_transform(self.preprocessing)
+
+    @classmethod
+    def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto") -> "SearchEngine":
+        opened = open_index(index_dir)
+        manifest = opened.manifest
+        spec = model_spec or manifest["model"]["spec"]
+        torch_device = resolve_device(device)
+        loaded = load_model(spec, device=torch_device)
+        check_compatible(opened, loaded)
+        log.info("serving %s (%d vectors, %d items) with %s on %s", opened.version_dir,
+                 opened.faiss_index.ntotal, manifest["counts"]["items"], loaded.spec, torch_device)
+        return cls(opened, loaded, torch_device)
+
+    def embed(self, image_bytes: bytes) -> np.ndarray:
+        """Decode, preprocess and embed one upload. Raises ImageDecodeError for bad bytes."""
+        tensor = self._transform(load_image(image_bytes, target_size=self.preprocessing.input_size))
+        with torch.inference_mode():
+            embedding = self.model.model(tensor.unsqueeze(0).to(self.device))
+        return embedding.float().cpu().numpy()
+
+    def search(self, image_bytes: bytes, k: int) -> tuple[list[SearchHit], dict[str, float]]:
+        t0 = time.perf_counter()
+        query = self.embed(image_bytes)
+        t1 = time.perf_counter()
+        hits = self.search_vector(query, k)
+        t2 = time.perf_counter()
+        return hits, {"embed_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3}
+
+    def search_vector(self, query: np.ndarray, k: int) -> list[SearchHit]:
+        """Top k distinct items: an item with several photos appears once, with its best score."""
+        faiss_index = self.index.faiss_index
+        total = faiss_index.ntotal
+        fetch = min(total, k * 4)
+        while True:
+            scores, ids = faiss_index.search(np.ascontiguousarray(query, dtype=np.float32), fetch)
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            rows = self.index.metadata.images_for_vectors([i for i, _ in pairs])
+            best: dict[str, tuple[float, str]] = {}
+            for vector_id, score in pairs:  # faiss returns best first, so the first seen wins
+                item_id, path = rows[vector_id]
+                if item_id not in best:
+                    best[item_id] = (score, path)
+            if len(best) >= k or fetch >= total:
+                break
+            fetch = min(total, fetch * 4)
+        chosen = list(best.items())[:k]
+        attributes = self.index.metadata.items([item_id for item_id, _ in chosen])
+        return [SearchHit(item_id=item_id, score=score, image_path=path, attributes=attributes.get(item_id, {}))
+                for item_id, (score, path) in chosen]
+
+    def describe(self) -> dict:
+        manifest = self.index.manifest
+        return {
+            "model": {"spec": self.model.spec, "checksum": self.model.checksum, "device": str(self.device),
+                      "dim": self.model.model.embedding_dim},
+            "index": {"version": self.index.version_dir.name, "vectors": int(self.index.faiss_index.ntotal),
+                      "items": manifest["counts"]["items"], "factory": manifest["index_factory"],
+                      "built_at": manifest["built_at"]},
+        }
+
+
+def check_compatible(opened: OpenedIndex, loaded: LoadedModel) -> None:
+    manifest = opened.manifest
+    if loaded.model.embedding_dim != opened.faiss_index.d:
+        raise IncompatibleIndexError(
+            f"model {loaded.spec} makes {loaded.model.embedding_dim}-dim embeddings but index "
+            f"{opened.version_dir} holds {opened.faiss_index.d}-dim vectors; rebuild the index with this model"
+        )
+    index_prep = Preprocessing.from_dict(manifest["preprocessing"])
+    if not loaded.config.preprocessing.matches(index_prep):
+        raise IncompatibleIndexError(
+            f"model {loaded.spec} preprocesses photos as {loaded.config.preprocessing.to_dict()} but index "
+            f"{opened.version_dir} was built with {index_prep.to_dict()}; rebuild the index with this model"
+        )
+    if loaded.checksum != manifest["model"]["checksum"]:
+        raise IncompatibleIndexError(
+            f"model {loaded.spec} (weights sha256 {loaded.checksum[:12]}) is not the model index "
+            f"{opened.version_dir} was built with ({manifest['model']['spec']}, sha256 "
+            f"{manifest['model']['checksum'][:12]}); its vectors would not be comparable"
+        )

@@ -1,0 +1,105 @@
+"""HTTP routes: thin; the work happens in SearchEngine."""
+from __future__ import annotations
+
+import time
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict
+
+from model import ImageDecodeError
+
+from .engine import SearchEngine, SearchHit
+from .settings import Settings
+
+router = APIRouter()
+
+
+def get_engine(request: Request) -> SearchEngine:
+    return request.app.state.engine
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class SearchResult(BaseModel):
+    model_config = ConfigDict(extra="allow")  # catalogue columns (category, title, ...) ride along
+
+    item_id: str
+    score: float
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    took_ms: float
+    timings_ms: dict[str, float]
+
+
+def item_image_url(item_id: str) -> str:
+    return f"/items/{quote(item_id, safe='')}/image"
+
+
+def _result(hit: SearchHit) -> SearchResult:
+    reserved = {"item_id", "score", "image_url"}
+    extra = {k: v for k, v in hit.attributes.items() if k not in reserved}
+    return SearchResult(item_id=hit.item_id, score=round(hit.score, 6), image_url=item_image_url(hit.item_id), **extra)
+
+
+@router.post("/search", response_model=SearchResponse, summary="Find the catalogue items shown in a photo",
+             responses={400: {"description": "not a usable image"}, 413: {"description": "upload too large"}})
+async def search(
+    engine: EngineDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="the shopper's photo (JPEG, PNG, WebP, BMP, GIF, TIFF)")],
+    k: Annotated[int, Query(ge=1, le=100, description="number of distinct items to return")] = 10,
+) -> SearchResponse:
+    started = time.perf_counter()
+    if k > settings.max_k:
+        raise HTTPException(422, f"k must be at most {settings.max_k}")
+    data = await image.read()
+    read_ms = (time.perf_counter() - started) * 1e3
+    if not data:
+        raise HTTPException(400, "the uploaded file is empty")
+    try:
+        hits, timings = await run_in_threadpool(engine.search, data, k)
+    except ImageDecodeError as exc:
+        raise HTTPException(400, f"cannot use this upload as a photo: {exc}") from None
+    return SearchResponse(results=[_result(h) for h in hits], took_ms=round((time.perf_counter() - started) * 1e3, 2),
+                          timings_ms={"read": round(read_ms, 2)} | {k_: round(v, 2) for k_, v in timings.items()})
+
+
+@router.get("/items/{item_id}", summary="Metadata of one catalogue item")
+def get_item(item_id: str, engine: EngineDep) -> dict:
+    item = engine.index.metadata.item(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r} in the index")
+    reserved = {"item_id", "image_count", "image_url"}
+    return {"item_id": item_id, **{k: v for k, v in item["attributes"].items() if k not in reserved},
+            "image_count": item["image_count"], "image_url": item_image_url(item_id)}
+
+
+@router.get("/items/{item_id}/image", summary="The item's shop photo", response_class=FileResponse)
+def get_item_image(item_id: str, engine: EngineDep) -> FileResponse:
+    item = engine.index.metadata.item(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r} in the index")
+    # Only paths recorded in the index are ever served, so no request can name another file.
+    for stored in item["images"]:
+        path = engine.index.resolve_image_path(stored)
+        if path.is_file():
+            return FileResponse(path)
+    raise HTTPException(404, f"the photo files of item {item_id!r} are no longer where the index says")
+
+
+@router.get("/healthz", summary="What is loaded")
+def healthz(engine: EngineDep) -> dict:
+    return {"status": "ok"} | engine.describe()
