@@ -10,6 +10,7 @@ import csv
 import math
 import random
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -64,6 +65,7 @@ def _sym(half: Points) -> Points:
 
 
 def _mirror(lines: list[Points]) -> list[Points]:
+    """Add the right-hand copy of left-side seams."""
     return lines + [[(1 - x, y) for x, y in line] for line in lines]
 
 
@@ -76,55 +78,60 @@ def _garment(kind: str) -> dict:
 
     if kind == "t-shirt":
         scoop, inner, rib = neck(0.13, 0.11, 0.08, 0.025)
-        return dict(body=[_sym(scoop + [(0.27, 0.16), (0.09, 0.34), (0.19, 0.45), (0.29, 0.37), (0.29, 0.88), (0.5, 0.88)])],
-                    inner=[inner], lines=[rib] + _mirror([[(0.28, 0.165), (0.29, 0.37)], [(0.115, 0.315), (0.21, 0.42)],
-                                                          [(0.29, 0.85), (0.5, 0.85)]]))
+        half = scoop + [(0.27, 0.16), (0.09, 0.34), (0.19, 0.45), (0.29, 0.37), (0.29, 0.88), (0.5, 0.88)]
+        seams = [[(0.28, 0.165), (0.29, 0.37)], [(0.115, 0.315), (0.21, 0.42)], [(0.29, 0.85), (0.5, 0.85)]]
+        return dict(body=[_sym(half)], inner=[inner], lines=[rib] + _mirror(seams))
     if kind == "long-sleeve-top":
         scoop, inner, rib = neck(0.12, 0.10, 0.07, 0.022)
-        return dict(body=[_sym(scoop + [(0.29, 0.15), (0.10, 0.80), (0.19, 0.83), (0.31, 0.37), (0.31, 0.88), (0.5, 0.88)])],
-                    inner=[inner], lines=[rib] + _mirror([[(0.30, 0.16), (0.31, 0.37)], [(0.112, 0.765), (0.20, 0.792)],
-                                                          [(0.31, 0.85), (0.5, 0.85)]]))
+        half = scoop + [(0.29, 0.15), (0.10, 0.80), (0.19, 0.83), (0.31, 0.37), (0.31, 0.88), (0.5, 0.88)]
+        seams = [[(0.30, 0.16), (0.31, 0.37)], [(0.112, 0.765), (0.20, 0.792)], [(0.31, 0.85), (0.5, 0.85)]]
+        return dict(body=[_sym(half)], inner=[inner], lines=[rib] + _mirror(seams))
     if kind == "hoodie":
         hood = _arc(0.5, 0.17, 0.16, 0.15, 270, 180)  # from the crown down to the hood's side
         half = hood + [(0.26, 0.22), (0.08, 0.80), (0.19, 0.84), (0.31, 0.40), (0.30, 0.90), (0.5, 0.90)]
-        return dict(body=[_sym(half)], inner=[_arc(0.5, 0.17, 0.085, 0.09, 180, 360) + _arc(0.5, 0.17, 0.085, 0.13, 0, 180)],
-                    lines=[[(0.33, 0.83), (0.36, 0.64), (0.64, 0.64), (0.67, 0.83)]]
-                    + _mirror([[(0.27, 0.22), (0.31, 0.40)], [(0.095, 0.765), (0.20, 0.80)], [(0.30, 0.86), (0.5, 0.86)],
-                               [(0.465, 0.29), (0.46, 0.45)]]))
+        opening = _arc(0.5, 0.17, 0.085, 0.09, 180, 360) + _arc(0.5, 0.17, 0.085, 0.13, 0, 180)
+        pocket = [(0.33, 0.83), (0.36, 0.64), (0.64, 0.64), (0.67, 0.83)]
+        seams = [[(0.27, 0.22), (0.31, 0.40)], [(0.095, 0.765), (0.20, 0.80)], [(0.30, 0.86), (0.5, 0.86)],
+                 [(0.465, 0.29), (0.46, 0.45)]]  # the last is a drawstring
+        return dict(body=[_sym(half)], inner=[opening], lines=[pocket] + _mirror(seams))
     if kind == "dress":
         scoop, inner, _ = neck(0.08, 0.09, 0.13, 0.02)
         half = scoop + [(0.41, 0.04), (0.36, 0.04), (0.35, 0.12), (0.33, 0.19), (0.31, 0.25), (0.36, 0.42),
                         (0.15, 0.90), (0.25, 0.925), (0.38, 0.94), (0.5, 0.945)]
-        return dict(body=[_sym(half)], inner=[inner],
-                    lines=[[(0.36, 0.42), (0.5, 0.44), (0.64, 0.42)]]
-                    + _mirror([[(0.42, 0.46), (0.33, 0.90)], [(0.47, 0.47), (0.45, 0.93)]]))
+        folds = [[(0.42, 0.46), (0.33, 0.90)], [(0.47, 0.47), (0.45, 0.93)]]
+        waist = [(0.36, 0.42), (0.5, 0.44), (0.64, 0.42)]
+        return dict(body=[_sym(half)], inner=[inner], lines=[waist] + _mirror(folds))
     if kind == "trousers":
         half = [(0.5, 0.06), (0.28, 0.06), (0.26, 0.30), (0.24, 0.94), (0.46, 0.94), (0.5, 0.38)]
-        return dict(body=[_sym(half)], lines=[[(0.28, 0.11), (0.72, 0.11)], [(0.535, 0.11), (0.535, 0.28), (0.5, 0.32)]]
-                    + _mirror([[(0.30, 0.11), (0.37, 0.22)], [(0.36, 0.24), (0.35, 0.93)], [(0.33, 0.06), (0.33, 0.11)],
-                               [(0.44, 0.06), (0.44, 0.11)], [(0.24, 0.91), (0.46, 0.91)]]))
+        centre = [[(0.28, 0.11), (0.72, 0.11)], [(0.535, 0.11), (0.535, 0.28), (0.5, 0.32)]]  # waistband, fly
+        seams = [[(0.30, 0.11), (0.37, 0.22)], [(0.36, 0.24), (0.35, 0.93)], [(0.33, 0.06), (0.33, 0.11)],
+                 [(0.44, 0.06), (0.44, 0.11)], [(0.24, 0.91), (0.46, 0.91)]]
+        return dict(body=[_sym(half)], lines=centre + _mirror(seams))
     if kind == "shorts":
         half = [(0.5, 0.22), (0.25, 0.22), (0.22, 0.42), (0.17, 0.74), (0.46, 0.78), (0.5, 0.55)]
-        return dict(body=[_sym(half)], lines=[[(0.25, 0.27), (0.75, 0.27)], [(0.535, 0.27), (0.535, 0.44), (0.5, 0.48)]]
-                    + _mirror([[(0.27, 0.27), (0.35, 0.37)], [(0.175, 0.705), (0.465, 0.745)], [(0.32, 0.22), (0.32, 0.27)]]))
+        centre = [[(0.25, 0.27), (0.75, 0.27)], [(0.535, 0.27), (0.535, 0.44), (0.5, 0.48)]]
+        seams = [[(0.27, 0.27), (0.35, 0.37)], [(0.175, 0.705), (0.465, 0.745)], [(0.32, 0.22), (0.32, 0.27)]]
+        return dict(body=[_sym(half)], lines=centre + _mirror(seams))
     if kind == "skirt":
         half = [(0.5, 0.14), (0.33, 0.14), (0.32, 0.21), (0.17, 0.84), (0.26, 0.865), (0.38, 0.88), (0.5, 0.885)]
-        return dict(body=[_sym(half)], lines=[[(0.322, 0.20), (0.678, 0.20)]]
-                    + _mirror([[(0.40, 0.20), (0.33, 0.87)], [(0.455, 0.20), (0.42, 0.88)]]))
+        pleats = [[(0.40, 0.20), (0.33, 0.87)], [(0.455, 0.20), (0.42, 0.88)]]
+        return dict(body=[_sym(half)], lines=[[(0.322, 0.20), (0.678, 0.20)]] + _mirror(pleats))
     if kind == "tote-bag":
         half = [(0.5, 0.40), (0.20, 0.40), (0.15, 0.87), (0.16, 0.90), (0.19, 0.91), (0.5, 0.91)]
         return dict(body=[_sym(half)], straps=[(_arc(0.5, 0.42, 0.17, 0.29, 180, 360, 24), 0.035)],
                     lines=[[(0.195, 0.45), (0.805, 0.45)]] + _mirror([[(0.30, 0.40), (0.30, 0.50)]]))
-    if kind == "sneaker":
+    if kind == "sneaker":  # side view, toe to the right
         upper = [(0.10, 0.64), (0.10, 0.45), (0.12, 0.38), (0.16, 0.36), (0.24, 0.40), (0.31, 0.42), (0.37, 0.36),
-                 (0.40, 0.28), (0.46, 0.27), (0.49, 0.33), (0.62, 0.42), (0.76, 0.48), (0.86, 0.52), (0.91, 0.57), (0.92, 0.64)]
-        sole = [(0.07, 0.62), (0.93, 0.61), (0.945, 0.65), (0.93, 0.70), (0.88, 0.72), (0.12, 0.72), (0.07, 0.70), (0.06, 0.66)]
-        laces = [[(0.47 + 0.19 * t - 0.02, 0.34 + 0.12 * t - 0.03), (0.47 + 0.19 * t + 0.02, 0.34 + 0.12 * t + 0.03)]
+                 (0.40, 0.28), (0.46, 0.27), (0.49, 0.33), (0.62, 0.42), (0.76, 0.48), (0.86, 0.52), (0.91, 0.57),
+                 (0.92, 0.64)]
+        sole = [(0.07, 0.62), (0.93, 0.61), (0.945, 0.65), (0.93, 0.70), (0.88, 0.72), (0.12, 0.72), (0.07, 0.70),
+                (0.06, 0.66)]
+        collar = [(0.15, 0.37), (0.24, 0.405), (0.31, 0.425), (0.36, 0.37), (0.29, 0.385), (0.21, 0.37)]
+        laces = [[(0.45 + 0.19 * t, 0.31 + 0.12 * t), (0.49 + 0.19 * t, 0.37 + 0.12 * t)]
                  for t in np.linspace(0.05, 0.95, 5)]
-        return dict(body=[upper], sole=[sole], inner=[[(0.15, 0.37), (0.24, 0.405), (0.31, 0.425), (0.36, 0.37),
-                                                       (0.29, 0.385), (0.21, 0.37)]],
-                    lines=laces + [[(0.08, 0.67), (0.93, 0.665)], [(0.76, 0.62), (0.77, 0.55), (0.82, 0.50)],
-                                   [(0.10, 0.50), (0.18, 0.50), (0.22, 0.62)], [(0.44, 0.38), (0.66, 0.51)]])
+        seams = [[(0.08, 0.67), (0.93, 0.665)], [(0.76, 0.62), (0.77, 0.55), (0.82, 0.50)],
+                 [(0.10, 0.50), (0.18, 0.50), (0.22, 0.62)], [(0.44, 0.38), (0.66, 0.51)]]
+        return dict(body=[upper], sole=[sole], inner=[collar], lines=laces + seams)
     raise ValueError(f"unknown garment kind {kind!r}")
 
 
@@ -172,7 +179,7 @@ def _print(spec: ItemSpec, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return base * (1 - sel[..., None]) + alt * sel[..., None]
 
 
-def _layer(s: int, to_px, k: float, polys: list[Points] = (), straps=(), width: int = 0) -> np.ndarray:
+def _layer(s: int, to_px, k: float, polys: Sequence[Points] = (), straps: Sequence = (), width: int = 0) -> np.ndarray:
     """Rasterise shapes (unit coords, `k` px per unit) to a 0..1 float coverage map."""
     im = Image.new("L", (s, s), 0)
     draw = ImageDraw.Draw(im)
@@ -238,15 +245,16 @@ def render_item(spec: ItemSpec, size: int = 256, view: int = 0, rng: random.Rand
 
     garment = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     if angle:
-        garment = garment.rotate(angle, Image.BILINEAR, center=(cx, cy))
-        mask = mask.rotate(angle, Image.BILINEAR, center=(cx, cy))
+        garment = garment.rotate(angle, Image.Resampling.BILINEAR, center=(cx, cy))
+        mask = mask.rotate(angle, Image.Resampling.BILINEAR, center=(cx, cy))
     m = np.asarray(mask, dtype=np.float32)[..., None] / 255
 
-    bg = np.array((249, 248, 246), np.float32) - np.linspace(0, 9, s, dtype=np.float32)[:, None, None]  # faint sweep, like a paper backdrop
+    # A faint top-to-bottom sweep, like a paper backdrop, with the garment's shadow cast down-right.
+    bg = np.array((249, 248, 246), np.float32) - np.linspace(0, 9, s, dtype=np.float32)[:, None, None]
     shadow = ImageChops.offset(mask.filter(ImageFilter.GaussianBlur(s * 0.02)), round(s * 0.012), round(s * 0.02))
     bg = bg * (1 - 0.22 * np.asarray(shadow, dtype=np.float32)[..., None] / 255)
     out = Image.fromarray(np.clip(bg * (1 - m) + np.asarray(garment, dtype=np.float32) * m, 0, 255).astype(np.uint8))
-    return out.resize((size, size), Image.LANCZOS)
+    return out.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def generate_catalog(out_dir: str | Path, n_items: int = 60, photos_per_item: int = 1, size: int = 256,
@@ -283,7 +291,7 @@ def street_view(img: Image.Image, rng: random.Random) -> Image.Image:
     x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
     out = img.crop((x0, y0, x0 + cw, y0 + ch))
     fill = tuple(rng.randint(150, 235) for _ in range(3))  # a table/wall tone rather than studio white
-    out = out.rotate(rng.uniform(-15, 15), Image.BICUBIC, fillcolor=fill)
+    out = out.rotate(rng.uniform(-15, 15), Image.Resampling.BICUBIC, fillcolor=fill)
     out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
     out = ImageEnhance.Contrast(out).enhance(rng.uniform(0.85, 1.15))
     out = ImageEnhance.Color(out).enhance(rng.uniform(0.8, 1.25))

@@ -6,10 +6,6 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class UploadLimitMiddleware:
     """413 for a request body over `max_bytes`: at once when Content-Length says so, else as soon
     as the streamed bytes pass the limit (chunked uploads carry no Content-Length)."""
@@ -28,28 +24,38 @@ class UploadLimitMiddleware:
             return
 
         received = 0
+        refused = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Past the limit the 413 goes out at once and the app is told the client left, so no
+            # framework layer gets the chance to turn the cut-off body into a parse error.
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge()
+                    refused = True
+                    if not response_started:
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal response_started
+            if refused:
+                return  # the 413 is already the answer
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._refuse(send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps({"detail": f"upload larger than the {self.max_bytes} bytes allowed"}).encode()

@@ -1,0 +1,24 @@
+# Everything runs in .venv, made on first use from the pinned requirements.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+demo: $(VENV)/.installed  ## synthetic catalogue -> index -> server on localhost:$(PORT)
+	$(PY) -m demo run --port $(PORT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed  ## needs ../shared/data/fashion-products (or IMAGES=...)
+	$(PY) bench/bench_index_search.py $(if $(IMAGES),--images $(IMAGES))
+
+clean:
+	rm -rf var .pytest_cache
