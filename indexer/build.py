@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,12 @@ from pathlib import Path
 import faiss
 import torch
 
-from model import DEFAULT_MODEL_SPEC, load_model
+from model import DEFAULT_MODEL_SPEC, LoadedModel, load_model
 
 from . import __version__
 from .catalog import CatalogEntry, entries_from_csv, entries_from_folder, image_root_for, relative_to_root
-from .encode import encode_paths, resolve_device
-from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, new_staging_dir, prepare_index_dir, publish, writer_lock
+from .encode import EncodeResult, encode_paths, resolve_device
+from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, new_staging_dir, publish, writer_lock
 from .store import (DEFAULT_INDEX_FACTORY, INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, IndexBuildError,
                     build_faiss_index, make_faiss_index, write_faiss, write_manifest, write_metadata)
 
@@ -57,7 +58,6 @@ def build_index(options: BuildOptions) -> Path:
 
     out = Path(options.out)
     with writer_lock(out):
-        prepare_index_dir(out)
         encoded = encode_paths([e.path for e in entries], loaded, batch_size=options.batch_size,
                                device=device, workers=options.workers, progress=options.progress)
         skipped = [{"path": str(entries[i].path), "reason": reason} for i, reason in encoded.failures]
@@ -67,43 +67,52 @@ def build_index(options: BuildOptions) -> Path:
                 + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
             )
         staging = new_staging_dir(out)
-        t0 = time.perf_counter()
-        index = build_faiss_index(encoded.embeddings, options.index_factory)
-        write_faiss(index, staging / FAISS_FILE)
-        index_s = time.perf_counter() - t0
-
-        root = image_root_for(options.images, options.catalog)
-        rows = [ImageRow(vector_id=vid, item_id=entries[i].item_id,
-                         path=relative_to_root(entries[i].path, root), attributes=entries[i].attributes,
-                         sha256=digest)
-                for vid, (i, digest) in enumerate(zip(encoded.ok_indices.tolist(), encoded.sha256))]
-        item_count = write_metadata(staging / METADATA_FILE, rows)
-        duplicates = _cross_item_duplicates(rows)
-        if duplicates:
-            log.warning("%d groups of different items share byte-identical photos (e.g. %s); "
-                        "search cannot tell them apart", len(duplicates), ", ".join(duplicates[0]))
-        manifest = {
-            "format": INDEX_FORMAT,
-            "format_version": INDEX_FORMAT_VERSION,
-            "snap2shop_version": __version__,
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": {"spec": loaded.spec, "checksum": loaded.checksum, "config": loaded.config.to_dict()},
-            "dim": loaded.model.embedding_dim,
-            "preprocessing": loaded.config.preprocessing.to_dict(),
-            "metric": "inner_product",
-            "index_factory": options.index_factory,
-            "catalog": {"image_root": str(root), "csv": str(Path(options.catalog).resolve()) if options.catalog else None},
-            "counts": {"photos_found": len(entries), "vectors": len(rows), "items": item_count,
-                       "skipped": len(skipped), "duplicate_photo_groups": len(duplicates)},
-            "skipped": skipped,
-            "duplicate_photo_groups": duplicates[:1000],
-            "timings": encoded.timings | {"index_s": round(index_s, 3),
-                                          "total_s": round(time.perf_counter() - started, 3)},
-            "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
-        }
-        write_manifest(staging / MANIFEST, manifest)
-        version = publish(out, staging)
+        try:
+            _write_version(staging, options, entries, encoded, loaded, device, skipped, started)
+            version = publish(out, staging)
+        except BaseException:
+            # A failed or interrupted build leaves nothing behind; `current` was never touched.
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return version
+
+
+def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEntry], encoded: EncodeResult,
+                   loaded: LoadedModel, device: torch.device, skipped: list[dict], started: float) -> None:
+    t0 = time.perf_counter()
+    index = build_faiss_index(encoded.embeddings, options.index_factory)
+    write_faiss(index, staging / FAISS_FILE)
+    index_s = time.perf_counter() - t0
+
+    root = image_root_for(options.images, options.catalog)
+    rows = [ImageRow(vector_id=vid, item_id=entries[i].item_id, path=relative_to_root(entries[i].path, root),
+                     attributes=entries[i].attributes, sha256=digest)
+            for vid, (i, digest) in enumerate(zip(encoded.ok_indices.tolist(), encoded.sha256))]
+    item_count = write_metadata(staging / METADATA_FILE, rows)
+    duplicates = _cross_item_duplicates(rows)
+    if duplicates:
+        log.warning("%d groups of different items share byte-identical photos (e.g. %s); "
+                    "search cannot tell them apart", len(duplicates), ", ".join(duplicates[0]))
+    write_manifest(staging / MANIFEST, {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "snap2shop_version": __version__,
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"spec": loaded.spec, "checksum": loaded.checksum, "config": loaded.config.to_dict()},
+        "dim": loaded.model.embedding_dim,
+        "preprocessing": loaded.config.preprocessing.to_dict(),
+        "metric": "inner_product",
+        "index_factory": options.index_factory,
+        "catalog": {"image_root": str(root),
+                    "csv": str(Path(options.catalog).resolve()) if options.catalog else None},
+        "counts": {"photos_found": len(entries), "vectors": len(rows), "items": item_count,
+                   "skipped": len(skipped), "duplicate_photo_groups": len(duplicates)},
+        "skipped": skipped,
+        "duplicate_photo_groups": duplicates[:1000],
+        "timings": encoded.timings | {"index_s": round(index_s, 3),
+                                      "total_s": round(time.perf_counter() - started, 3)},
+        "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
+    })
 
 
 def _cross_item_duplicates(rows: list[ImageRow]) -> list[list[str]]:

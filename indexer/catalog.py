@@ -26,7 +26,15 @@ def discover_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise CatalogError(f"image folder {root} does not exist or is not a folder")
     found = []
+    seen_dirs: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        # Symlinked folders are followed (catalogues are often assembled from links), but each
+        # real folder only once, so a link loop or a second link to the same folder adds nothing.
+        stat = os.stat(dirpath)
+        if (stat.st_dev, stat.st_ino) in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add((stat.st_dev, stat.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / name for name in sorted(filenames)
                      if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."))
@@ -56,7 +64,8 @@ def entries_from_csv(csv_path: str | Path, images_root: str | Path | None = None
                     f"{csv_path}: the header must name 'path' and 'item_id' columns, found {columns}"
                 )
             entries = []
-            for line_no, row in enumerate(reader, start=2):
+            for row in reader:
+                line_no = reader.line_num  # physical line, right even after blank or multi-line rows
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
                 if not row.get("path") or not row.get("item_id"):
                     raise CatalogError(f"{csv_path}:{line_no}: empty path or item_id")
@@ -65,10 +74,20 @@ def entries_from_csv(csv_path: str | Path, images_root: str | Path | None = None
                 entries.append(CatalogEntry(path=(base / path).resolve(), item_id=item_id,
                                             attributes={k: v for k, v in row.items() if k}))
     except UnicodeDecodeError as exc:
-        raise CatalogError(f"{csv_path} is not UTF-8 text: {exc}") from None
+        raise CatalogError(f"{csv_path}:{_first_non_utf8_line(csv_path)}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise CatalogError(f"{csv_path} is not a valid CSV: {exc}") from None
     return entries
+
+
+def _first_non_utf8_line(path: Path) -> int | str:
+    with path.open("rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_no
+    return "?"
 
 
 def image_root_for(images: str | Path | None, catalog: str | Path | None) -> Path:

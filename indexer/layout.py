@@ -49,26 +49,34 @@ def resolve_version_dir(index_dir: str | Path) -> Path:
 
 @contextlib.contextmanager
 def writer_lock(index_dir: Path) -> Iterator[None]:
-    """One writer per index folder; a second build waits rather than interleaving."""
+    """One writer per index folder: a second one is refused rather than interleaved.
+
+    Holding the lock, any staging folder left here belongs to a writer that died, so it goes.
+    """
+    check_index_dir(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     with open(index_dir / ".lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IndexLayoutError(f"another process is writing {index_dir}; try again when it ends") from None
+        _remove_abandoned_staging(index_dir)
         yield
 
 
-def prepare_index_dir(index_dir: Path) -> None:
-    index_dir.mkdir(parents=True, exist_ok=True)
-    entries = [p for p in index_dir.iterdir() if p.name not in (".lock",)]
-    ours = all(p.name == CURRENT or p.name.startswith((_VERSION_PREFIX, _STAGING_PREFIX)) for p in entries)
+def check_index_dir(index_dir: Path) -> None:
+    """Refuse, before writing anything there, a folder that holds something other than an index."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise IndexLayoutError(f"{index_dir} exists and is not a folder")
+    if not index_dir.exists():
+        return
+    ours = all(p.name in (CURRENT, ".lock") or p.name.startswith((_VERSION_PREFIX, _STAGING_PREFIX, f".{CURRENT}-"))
+               for p in index_dir.iterdir())
     if not ours:
         raise IndexLayoutError(
             f"{index_dir} exists and holds files that are not a snap2shop index; "
             f"choose an empty or new folder for --out"
         )
-    _remove_abandoned_staging(index_dir)
 
 
 def new_staging_dir(index_dir: Path) -> Path:
@@ -99,20 +107,11 @@ def _remove_old_versions(index_dir: Path, keep: set[str]) -> None:
 
 
 def _remove_abandoned_staging(index_dir: Path) -> None:
-    for staging in index_dir.glob(f"{_STAGING_PREFIX}*"):
-        pid = staging.name[len(_STAGING_PREFIX):].split("-")[0]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    for leftover in [*index_dir.glob(f"{_STAGING_PREFIX}*"), *index_dir.glob(f".{CURRENT}-*")]:
+        if leftover.is_symlink() or leftover.is_file():
+            leftover.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -281,3 +281,23 @@ def test_relative_to_root_relative_inside_absolute_outside(tmp_path):
     outside = tmp_path / "other" / "c.jpg"
     assert relative_to_root(outside, root) == str(outside)
     assert os.path.isabs(relative_to_root(outside, root))
+
+
+def test_symlink_loops_and_repeated_links_index_each_photo_once(tmp_path):
+    root = tmp_path / "r"
+    _touch(root / "sub" / "a.jpg")
+    _touch(root / "other" / "b.jpg")
+    (root / "sub" / "loop").symlink_to("..")
+    (root / "again").symlink_to("other")
+    found = discover_images(root)
+    assert sorted(p.name for p in found) == ["a.jpg", "b.jpg"]
+
+
+def test_csv_errors_name_the_physical_line(tmp_path):
+    bad_after_blank = _write_csv(tmp_path / "c.csv", "path,item_id\na.jpg,1\n\nb.jpg,\n")
+    with pytest.raises(CatalogError, match=r"c\.csv:4"):
+        entries_from_csv(bad_after_blank)
+    latin1 = tmp_path / "l.csv"
+    latin1.write_bytes("path,item_id,title\na.jpg,1,ok\nb.jpg,2,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CatalogError, match=r"l\.csv:3: not UTF-8"):
+        entries_from_csv(latin1)

@@ -350,14 +350,12 @@ def test_abandoned_staging_folders_are_removed(tmp_path, tiny_checkpoint, small_
     for staging in dead:
         staging.mkdir()
         (staging / FAISS_FILE).write_bytes(b"half written")
-    live = out / f".staging-{os.getpid()}-live"  # a writer that is still running keeps its folder
-    live.mkdir()
+    # A live writer would hold the folder's lock, so whoever gets the lock may remove them all.
 
     _build(out, tiny_checkpoint, images=small_folder)
 
     for staging in dead:
         assert not staging.exists(), staging
-    assert live.exists()
     assert open_index(out).faiss_index.ntotal == 4
 
 
@@ -657,3 +655,21 @@ def test_cli_build_errors_are_reported_not_raised(tmp_path, tiny_checkpoint, sma
                "--model", str(tiny_checkpoint), "--workers", "0", "--device", "cpu", "--quiet"])
     assert rc == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_failed_rebuild_in_the_same_process_leaves_no_staging_folder(tmp_path, tiny_checkpoint, small_folder):
+    out = tmp_path / "idx"
+    _build(out, tiny_checkpoint, images=small_folder)
+    with pytest.raises(IndexBuildError):
+        _build(out, tiny_checkpoint, images=small_folder, index_factory="IVF64,Flat")
+    assert not list(out.glob(".staging-*"))
+    assert open_index(out).faiss_index.ntotal == 4
+
+
+def test_refused_out_folder_gets_no_lock_file(tmp_path, tiny_checkpoint, small_folder):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "x.txt").write_text("keep")
+    with pytest.raises(IndexLayoutError):
+        _build(out, tiny_checkpoint, images=small_folder)
+    assert sorted(p.name for p in out.iterdir()) == ["x.txt"]
