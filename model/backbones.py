@@ -109,7 +109,10 @@ def _load_into_resnet(module: nn.Module, state: dict[str, torch.Tensor]) -> None
         head, _, rest = key.partition(".")
         if head in names:
             renamed[f"body.{names.index(head)}.{rest}"] = value
-    missing, unexpected = module.load_state_dict(renamed, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(renamed, strict=False)
+    except RuntimeError as exc:  # shapes differ: weights of another architecture
+        raise WeightsUnavailableError(f"weights do not fit this backbone: {_first_line(exc)}") from None
     if missing or unexpected:
         raise WeightsUnavailableError(f"weights do not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -124,12 +127,20 @@ def _load_state_file(target: nn.Module, path: Path, strict_fc: bool = True) -> N
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("_fc.") and not k.startswith("fc.")}
-    missing, unexpected = target.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(f"{path} does not fit this backbone: {_first_line(exc)}") from None
     missing = [k for k in missing if not k.startswith("_fc.")]
     if missing or unexpected:
         raise WeightsUnavailableError(
             f"{path} does not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
 def load_weights_file(name: str, module: nn.Module, path: Path) -> None:

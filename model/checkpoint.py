@@ -65,7 +65,10 @@ def save_checkpoint(model: Embedder, path: str | Path, extra_metadata: dict | No
 
 def read_checkpoint_config(path: str | Path) -> EmbedderConfig:
     metadata = _read_metadata(Path(path))
-    return EmbedderConfig.from_dict(json.loads(metadata["config"]))
+    try:
+        return EmbedderConfig.from_dict(json.loads(metadata["config"]))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its config is unusable: {exc}") from None
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -92,7 +95,10 @@ def load_checkpoint(path: str | Path) -> Embedder:
     config = read_checkpoint_config(path)
     model = Embedder(config)
     state = load_file(str(path), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes disagree with the config
+        raise CheckpointError(f"{path} does not match its own config: {exc}") from None
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its own config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model

@@ -71,10 +71,11 @@ def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255.
+        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255. Mode "I"
+        # says nothing of the bit depth, so there only values above 255 reveal 16 bits.
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.rint(arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -85,7 +86,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _fit_inside(img: Image.Image, size: int) -> Image.Image:
+    scale = size / max(img.width, img.height)
+    new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(new_size, Image.BILINEAR, reducing_gap=3.0)
+
+
 def resize_to_input(img: Image.Image, prep: Preprocessing) -> Image.Image:
+    """The photo as the network sees it, still as an image (letterbox padding in the mean colour)."""
     size = prep.input_size
     width, height = img.size
     if prep.resize == "squash":
@@ -96,13 +104,9 @@ def resize_to_input(img: Image.Image, prep: Preprocessing) -> Image.Image:
                          Image.BILINEAR, reducing_gap=3.0)
         left, top = (img.width - size) // 2, (img.height - size) // 2
         return img.crop((left, top, left + size, top + size))
-    # letterbox: the padding takes the normalisation mean, so it becomes zeros in the tensor.
-    scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    resized = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=3.0)
-    fill = tuple(round(m * 255) for m in prep.mean)
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    resized = _fit_inside(img, size)
+    canvas = Image.new("RGB", (size, size), tuple(round(m * 255) for m in prep.mean))
+    canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
     return canvas
 
 
@@ -115,9 +119,18 @@ def to_tensor(img: Image.Image, prep: Preprocessing) -> torch.Tensor:
 
 def build_transform(prep: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
     """RGB PIL image -> normalised float tensor (3, input_size, input_size)."""
+    size = prep.input_size
 
     def transform(img: Image.Image) -> torch.Tensor:
-        return to_tensor(resize_to_input(img, prep), prep)
+        if prep.resize != "letterbox":
+            return to_tensor(resize_to_input(img, prep), prep)
+        # Padding is written as exact zeros in tensor space: an 8-bit mean colour would leave a
+        # small constant there that max pooling could pick up.
+        resized = _fit_inside(img, size)
+        out = torch.zeros(3, size, size)
+        top, left = (size - resized.height) // 2, (size - resized.width) // 2
+        out[:, top:top + resized.height, left:left + resized.width] = to_tensor(resized, prep)
+        return out
 
     return transform
 

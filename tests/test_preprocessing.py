@@ -73,9 +73,7 @@ def test_letterbox_keeps_aspect_ratio_and_centres_the_photo(width, height):
 
 @pytest.mark.parametrize("prep", [
     LITE_PREP,
-    pytest.param(TINY_PREP, marks=pytest.mark.xfail(
-        strict=True, reason="bug: letterbox fill is the mean rounded to 8 bits, so with ImageNet "
-                            "mean the padding normalises to about (0.0056, -0.0049, 0.0082), not 0")),
+    TINY_PREP,
 ], ids=["lite-mean", "imagenet-mean"])
 def test_letterbox_padding_is_exactly_zero_after_normalisation(prep):
     out = build_transform(prep)(Image.new("RGB", (100, 50), BLUE))
@@ -344,3 +342,14 @@ def test_load_and_transform_equals_load_image_then_transform(fmt, size, prep):
 def test_load_and_transform_refuses_bad_bytes():
     with pytest.raises(ImageDecodeError):
         load_and_transform(b"GIF89a broken", TINY_PREP)
+
+
+def test_dark_16bit_greyscale_png_stays_dark():
+    # All values <= 255 in a 16-bit file are nearly black, not an 8-bit image to stretch.
+    values = np.array([[0, 100, 255]], dtype=np.uint16)
+    data = _encode(Image.fromarray(values), "PNG")
+    with Image.open(io.BytesIO(data)) as raw:
+        if not raw.mode.startswith("I;16"):
+            pytest.fail(f"Pillow decoded a 16-bit PNG as {raw.mode}; the test needs I;16")
+    grey = [load_image(data).getpixel((x, 0))[0] for x in range(3)]
+    assert grey == [0, 0, 1]
