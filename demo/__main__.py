@@ -4,6 +4,10 @@
 """
 from __future__ import annotations
 
+from venv_guard import ensure_dependencies
+
+ensure_dependencies("demo")
+
 import argparse
 import logging
 import sys

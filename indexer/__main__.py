@@ -1,6 +1,10 @@
 """`python -m indexer build|info`."""
 from __future__ import annotations
 
+from venv_guard import ensure_dependencies
+
+ensure_dependencies("indexer")
+
 import argparse
 import json
 import logging

@@ -1,6 +1,10 @@
 """`python -m service --index INDEX_DIR [--host H] [--port P]`."""
 from __future__ import annotations
 
+from venv_guard import ensure_dependencies
+
+ensure_dependencies("service")
+
 import argparse
 import logging
 import sys
