@@ -60,9 +60,10 @@ async def search(
     engine: EngineDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="the shopper's photo (JPEG, PNG, WebP, BMP, GIF, TIFF)")],
-    k: Annotated[int, Query(ge=1, le=100, description="number of distinct items to return")] = 10,
+    k: Annotated[int | None, Query(ge=1, le=100, description="number of distinct items to return (default 10)")] = None,
 ) -> SearchResponse:
     started = time.perf_counter()
+    k = k or settings.default_k
     if k > settings.max_k:
         raise HTTPException(422, f"k must be at most {settings.max_k}")
     data = await image.read()

@@ -209,3 +209,11 @@ def test_byte_identical_photos_of_two_items_tie_deterministically(tmp_path, tiny
         hits, _ = engine.search(photo, k=3)
         assert [h.item_id for h in hits[:2]] == ["a-twin", "b-twin"]
         assert hits[0].score == pytest.approx(hits[1].score, abs=1e-6)
+
+
+def test_default_k_comes_from_settings(tiny_index, synthetic_catalog):
+    photo = (synthetic_catalog.parent / _catalog_rows(synthetic_catalog)[0]["path"]).read_bytes()
+    app = create_app(Settings(index=tiny_index, device="cpu", default_k=4, max_k=6))
+    with TestClient(app) as client:
+        assert len(client.post("/search", files={"image": ("a.jpg", photo)}).json()["results"]) == 4
+        assert client.post("/search?k=7", files={"image": ("a.jpg", photo)}).status_code == 422
