@@ -42,6 +42,18 @@ def tiny_index(tmp_path_factory, tiny_checkpoint, synthetic_catalog) -> Path:
     return out
 
 
+def edit_manifest(index_dir: Path, edit) -> None:
+    """Rewrite the live version's manifest.json through `edit(manifest_dict)` (for damage tests)."""
+    import json
+
+    from indexer.layout import MANIFEST, resolve_version_dir
+
+    path = resolve_version_dir(index_dir) / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

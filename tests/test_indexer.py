@@ -26,6 +26,8 @@ from indexer.layout import (CURRENT, FAISS_FILE, MANIFEST, METADATA_FILE, IndexL
 from indexer.store import INDEX_FORMAT, INDEX_FORMAT_VERSION, IndexBuildError, IndexOpenError, open_index
 from model import load_model, read_checkpoint_config
 
+from .conftest import edit_manifest
+
 VERSION_FILES = {FAISS_FILE, METADATA_FILE, MANIFEST}
 
 
@@ -443,10 +445,7 @@ def test_open_index_detects_corrupt_metadata(tmp_path, tiny_index):
 @pytest.mark.parametrize("vectors", [23, 25, 0])
 def test_open_index_detects_inconsistent_manifest_count(tmp_path, tiny_index, vectors):
     idx = _copy_index(tiny_index, tmp_path / "idx")
-    manifest_path = resolve_version_dir(idx) / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest["counts"]["vectors"] = vectors
-    manifest_path.write_text(json.dumps(manifest))
+    edit_manifest(idx, lambda m: m["counts"].update(vectors=vectors))
     with pytest.raises(IndexOpenError, match="inconsistent"):
         open_index(idx)
 
@@ -464,10 +463,7 @@ def test_open_index_detects_metadata_row_count_mismatch(tmp_path, tiny_index):
 
 def test_open_index_detects_dim_mismatch(tmp_path, tiny_index):
     idx = _copy_index(tiny_index, tmp_path / "idx")
-    manifest_path = resolve_version_dir(idx) / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest["dim"] = 64
-    manifest_path.write_text(json.dumps(manifest))
+    edit_manifest(idx, lambda m: m.update(dim=64))
     with pytest.raises(IndexOpenError, match="32-dim"):
         open_index(idx)
 

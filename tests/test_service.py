@@ -15,6 +15,8 @@ from service.app import create_app
 from service.engine import IncompatibleIndexError, SearchEngine
 from service.settings import Settings
 
+from .conftest import edit_manifest
+
 
 @pytest.fixture(scope="module")
 def client(tiny_index):
@@ -155,22 +157,16 @@ def _copy_index(tiny_index: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def _edit_manifest(index: Path, edit) -> None:
-    manifest = json.loads((index / "manifest.json").read_text())
-    edit(manifest)
-    (index / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_index_built_with_other_weights_is_refused(tiny_index, tmp_path):
     index = _copy_index(tiny_index, tmp_path)
-    _edit_manifest(index, lambda m: m["model"].update(checksum="0" * 64))
+    edit_manifest(index, lambda m: m["model"].update(checksum="0" * 64))
     with pytest.raises(IncompatibleIndexError, match="not the model"):
         SearchEngine.load(index, device="cpu")
 
 
 def test_index_with_other_preprocessing_is_refused(tiny_index, tmp_path):
     index = _copy_index(tiny_index, tmp_path)
-    _edit_manifest(index, lambda m: m["preprocessing"].update(input_size=128))
+    edit_manifest(index, lambda m: m["preprocessing"].update(input_size=128))
     with pytest.raises(IncompatibleIndexError, match="preprocesses"):
         SearchEngine.load(index, device="cpu")
 
