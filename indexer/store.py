@@ -121,6 +121,25 @@ class MetadataStore:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
+    def vector_ids_where(self, field: str, value: str) -> np.ndarray:
+        """Vector ids of the photos whose catalogue column `field` equals `value`."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT vector_id FROM images WHERE json_extract(attributes, ?) = ? ORDER BY vector_id",
+                (_json_path(field), value),
+            ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def attribute_counts(self, field: str) -> list[tuple[str, int]]:
+        """Distinct values of an item column with their item counts, most common first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT json_extract(attributes, ?) AS value, COUNT(*) FROM items "
+                "WHERE value IS NOT NULL AND value != '' GROUP BY value ORDER BY COUNT(*) DESC, value",
+                (_json_path(field),),
+            ).fetchall()
+        return [(str(r[0]), r[1]) for r in rows]
+
     def images_for_vectors(self, vector_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
         """vector id -> (item id, image path)"""
         ids = [int(v) for v in vector_ids]
@@ -157,6 +176,11 @@ class MetadataStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _json_path(field: str) -> str:
+    # Quoted member name: a column called "a.b" or "x y" must not be read as a path expression.
+    return '$."' + field.replace('"', '""') + '"'
 
 
 @dataclass

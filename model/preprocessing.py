@@ -6,7 +6,9 @@ so a catalogue photo and a shopper's upload go through exactly the same pixels-t
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -84,6 +86,47 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A region of a photo in its own upright pixel coordinates: x0 <= x < x1, y0 <= y < y1."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Box":
+        parts = text.split(",")
+        try:
+            x0, y0, x1, y1 = (float(p) for p in parts)
+        except ValueError:
+            raise BoxError(f"box must be four numbers x0,y0,x1,y1, got {text!r}") from None
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            raise BoxError("box coordinates must be finite numbers")
+        if x1 <= x0 or y1 <= y0:
+            raise BoxError(f"box needs x0 < x1 and y0 < y1, got {text!r}")
+        return cls(x0, y0, x1, y1)
+
+
+class BoxError(ValueError):
+    """A box that is malformed or does not fit the photo; the message is safe to show."""
+
+
+MIN_BOX_SIDE = 8
+
+
+def crop_to_box(img: Image.Image, box: Box) -> Image.Image:
+    width, height = img.size
+    if box.x0 < 0 or box.y0 < 0 or box.x1 > width or box.y1 > height:
+        raise BoxError(f"box {box.x0:g},{box.y0:g},{box.x1:g},{box.y1:g} lies outside the "
+                       f"{width}x{height} photo (coordinates are pixels of the upright photo)")
+    left, top, right, bottom = (round(box.x0), round(box.y0), round(box.x1), round(box.y1))
+    if right - left < MIN_BOX_SIDE or bottom - top < MIN_BOX_SIDE:
+        raise BoxError(f"box must be at least {MIN_BOX_SIDE}x{MIN_BOX_SIDE} pixels")
+    return img.crop((left, top, right, bottom))
 
 
 def _fit_inside(img: Image.Image, size: int) -> Image.Image:

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 
 from model import ImageDecodeError
+from model.preprocessing import Box, BoxError
 
 from .engine import SearchEngine, SearchHit
 from .settings import Settings
@@ -61,17 +62,26 @@ async def search(
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="the shopper's photo (JPEG, PNG, WebP, BMP, GIF, TIFF)")],
     k: Annotated[int | None, Query(ge=1, le=100, description="number of distinct items to return (default 10)")] = None,
+    box: Annotated[str | None, Query(description="search only this region: x0,y0,x1,y1 in the photo's "
+                                                 "own pixels, after EXIF rotation", examples=["120,80,520,640"])] = None,
+    category: Annotated[str | None, Query(description="only items of this category", max_length=200)] = None,
 ) -> SearchResponse:
     started = time.perf_counter()
     k = k or settings.default_k
     if k > settings.max_k:
         raise HTTPException(422, f"k must be at most {settings.max_k}")
+    try:
+        region = Box.parse(box) if box else None
+    except BoxError as exc:
+        raise HTTPException(422, str(exc)) from None
     data = await image.read()
     read_ms = (time.perf_counter() - started) * 1e3
     if not data:
         raise HTTPException(400, "the uploaded file is empty")
     try:
-        hits, timings = await run_in_threadpool(engine.search, data, k)
+        hits, timings = await run_in_threadpool(engine.search, data, k, region, category or None)
+    except BoxError as exc:
+        raise HTTPException(422, str(exc)) from None
     except ImageDecodeError as exc:
         raise HTTPException(400, f"cannot use this upload as a photo: {exc}") from None
     return SearchResponse(results=[_result(h) for h in hits], took_ms=round((time.perf_counter() - started) * 1e3, 2),
@@ -99,6 +109,11 @@ def get_item_image(item_id: str, engine: EngineDep) -> FileResponse:
         if path.is_file():
             return FileResponse(path)
     raise HTTPException(404, f"the photo files of item {item_id!r} are no longer where the index says")
+
+
+@router.get("/categories", summary="Catalogue categories with their item counts, for filters")
+def categories(engine: EngineDep) -> dict:
+    return {"field": "category", "values": [{"value": v, "items": n} for v, n in engine.categories()]}
 
 
 @router.get("/healthz", summary="What is loaded")
