@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from . import web
 from .engine import SearchEngine
 from .limits import UploadLimitMiddleware
 from .routes import router
@@ -29,5 +30,7 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     app.state.settings = settings
     app.state.engine = engine
     app.include_router(router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app

@@ -1,0 +1,184 @@
+"""The search page in a real headless Chromium (Debian's, driven by Playwright), against a real
+uvicorn process. Screenshots of the desktop and phone layouts go to test-artifacts/."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from .conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("SNAP2SHOP_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# As the workplace's probe found: headless, no sandbox as root, and no background calls home
+# (the network is closed and would refuse them many at a time).
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed; .ci/run installs Debian's chromium", pytrace=False)
+    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_index, tmp_path_factory):
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("web") / "service.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service", "--index", str(tiny_index), "--port", str(port),
+                                    "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(log_path.read_text())
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server + "/")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_catalog) -> list[dict]:
+    with synthetic_catalog.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _upload(page, path: Path):
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#results li")
+
+
+def test_catalogue_photo_shows_its_item_first(page, synthetic_catalog, rows):
+    row = rows[5]
+    _upload(page, synthetic_catalog.parent / row["path"])
+    first = page.locator("#results li").first
+    assert first.get_attribute("data-item-id") == row["item_id"]
+    assert row["title"] in first.inner_text()
+    assert first.locator(".score").inner_text() == "1.000"
+    page.wait_for_function("() => document.querySelector('#results li img').naturalWidth > 0")
+    assert page.locator("#results li").count() == 10
+    assert page.locator("#preview").is_visible()
+    assert "whole photo" in page.locator("#status").inner_text()
+
+
+def test_drawn_box_is_sent_in_photo_pixels(page, synthetic_catalog, rows):
+    _upload(page, synthetic_catalog.parent / rows[0]["path"])
+    image = page.locator("#query-image").bounding_box()
+    with page.expect_request(lambda r: r.url.startswith(page.url.rstrip("/") + "/search") and "box=" in r.url) as req:
+        page.mouse.move(image["x"] + 0.10 * image["width"], image["y"] + 0.20 * image["height"])
+        page.mouse.down()
+        page.mouse.move(image["x"] + 0.40 * image["width"], image["y"] + 0.50 * image["height"], steps=5)
+        page.mouse.move(image["x"] + 0.60 * image["width"], image["y"] + 0.90 * image["height"], steps=5)
+        page.mouse.up()
+    box = [int(v) for v in parse_qs(urlparse(req.value.url).query)["box"][0].split(",")]
+    # The catalogue photo is 96x96: the box comes in its own pixels, not in screen pixels.
+    expected = [0.10 * 96, 0.20 * 96, 0.60 * 96, 0.90 * 96]
+    assert all(abs(got - want) <= 2 for got, want in zip(box, expected)), box
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('selected region')")
+    assert page.locator("#box").is_visible()
+    assert page.locator("#clear-box-button").is_enabled()
+
+
+def test_region_can_be_chosen_with_the_keyboard(page, synthetic_catalog, rows):
+    _upload(page, synthetic_catalog.parent / rows[1]["path"])
+    page.focus("#box-layer")
+    page.keyboard.press("s")
+    page.keyboard.press("ArrowRight")
+    with page.expect_request(lambda r: "box=" in r.url) as req:
+        page.keyboard.press("Enter")
+    box = [int(v) for v in parse_qs(urlparse(req.value.url).query)["box"][0].split(",")]
+    step = round(96 * 0.03)
+    assert box == [19 + step, 19, 77 + step, 77]
+
+
+def test_text_file_gets_a_clear_message(page):
+    page.set_input_files("#file-input", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                                 "buffer": b"these are my shopping notes, not a photo"}])
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "not an image" in error.inner_text()
+    assert page.locator("#results li").count() == 0
+
+
+def test_category_filter_and_k_on_the_page(page, synthetic_catalog, rows):
+    category = rows[0]["category"]
+    n_items = len({r["item_id"] for r in rows if r["category"] == category})
+    page.wait_for_function("() => document.querySelectorAll('#category-select option').length > 1")
+    page.select_option("#k-select", "5")
+    _upload(page, synthetic_catalog.parent / rows[4]["path"])
+    with page.expect_request(lambda r: "category=" in r.url) as req:
+        page.select_option("#category-select", category)
+    assert parse_qs(urlparse(req.value.url).query)["category"] == [category]
+    assert parse_qs(urlparse(req.value.url).query)["k"] == ["5"]
+    page.wait_for_function(f"() => document.querySelector('#status').textContent.startsWith('{min(5, n_items)} items')")
+    texts = page.locator("#results li .sub").all_inner_texts()
+    assert texts and all(text.endswith(category) for text in texts)
+
+
+def test_layouts_at_desktop_and_phone_width(page, synthetic_catalog, rows):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    _upload(page, synthetic_catalog.parent / rows[7]["path"])
+    page.wait_for_function("() => [...document.querySelectorAll('#results li img')].every(i => i.complete)")
+    page.screenshot(path=str(ARTIFACTS / "search-desktop.png"), full_page=True)
+    desktop_columns = _columns(page)
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(200)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
+    cards = page.locator("#results li")
+    assert cards.count() == 10 and cards.first.is_visible()
+    assert _columns(page) == 2 < desktop_columns
+    for i in range(cards.count()):
+        box = cards.nth(i).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    page.screenshot(path=str(ARTIFACTS / "search-phone.png"), full_page=True)
+    assert (ARTIFACTS / "search-desktop.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "search-phone.png").stat().st_size > 10_000
+
+
+def _columns(page) -> int:
+    return len(set(page.evaluate("[...document.querySelectorAll('#results li')].map(li => li.getBoundingClientRect().left)")))
+
+
+def test_page_uses_no_external_resources(page, server):
+    html = httpx.get(server + "/").text
+    assert "http://" not in html and "https://" not in html
+    resources = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(url.startswith(server) for url in resources), resources
