@@ -182,3 +182,28 @@ def test_page_uses_no_external_resources(page, server):
     assert "http://" not in html and "https://" not in html
     resources = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(url.startswith(server) for url in resources), resources
+
+
+def test_dropping_a_photo_searches_it(page, synthetic_catalog, rows):
+    row = rows[9]
+    data = list((synthetic_catalog.parent / row["path"]).read_bytes())
+    transfer = page.evaluate_handle(
+        """(bytes) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", { type: "image/jpeg" }));
+            return dt;
+        }""", data)
+    page.dispatch_event("#drop-zone", "dragenter", {"dataTransfer": transfer})
+    assert "dragging" in page.get_attribute("#drop-zone", "class")
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.wait_for_selector("#results li")
+    assert page.locator("#results li").first.get_attribute("data-item-id") == row["item_id"]
+    assert "dragging" not in page.get_attribute("#drop-zone", "class")
+
+
+def test_pickers_are_reachable_by_keyboard(page):
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.id")
+    assert focused == "file-input"
+    assert page.get_attribute("#camera-input", "capture") == "environment"
+    assert page.get_attribute("#file-input", "accept") == "image/*"
