@@ -33,6 +33,8 @@ def make_parser() -> argparse.ArgumentParser:
                        help="backbone name (efficientnet-lite0, resnet50[:imagenet|none|PATH], ...) or a .safetensors checkpoint")
     build.add_argument("--batch-size", type=_positive_int, default=32)
     build.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    build.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="auto: bf16 autocast on a GPU, fp32 on the CPU")
     build.add_argument("--index-factory", default="Flat", help="FAISS index factory string (default: exact search)")
     build.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, CPUs))")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,7 +52,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SystemExit("error: give --images DIR, --catalog CSV, or both")
     version = build_index(BuildOptions(
         out=args.out, images=args.images, catalog=args.catalog, model_spec=args.model,
-        batch_size=args.batch_size, device=args.device, index_factory=args.index_factory,
+        batch_size=args.batch_size, device=args.device, precision=args.precision,
+        index_factory=args.index_factory,
         workers=args.workers, progress=not args.quiet,
     ))
     from .store import read_manifest

@@ -12,10 +12,11 @@ import faiss
 import torch
 
 from model import DEFAULT_MODEL_SPEC, LoadedModel, load_model
+from model.inference import plan_inference, resolve_device
 
 from . import __version__
 from .catalog import CatalogEntry, entries_from_csv, entries_from_folder, image_root_for, relative_to_root
-from .encode import EncodeResult, encode_paths, resolve_device
+from .encode import EncodeResult, encode_paths
 from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, new_staging_dir, publish, writer_lock
 from .store import (DEFAULT_INDEX_FACTORY, INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, IndexBuildError,
                     build_faiss_index, make_faiss_index, write_faiss, write_manifest, write_metadata)
@@ -31,6 +32,7 @@ class BuildOptions:
     model_spec: str = DEFAULT_MODEL_SPEC
     batch_size: int = 32
     device: str = "auto"
+    precision: str = "auto"
     index_factory: str = DEFAULT_INDEX_FACTORY
     workers: int | None = None
     progress: bool = True
@@ -59,7 +61,8 @@ def build_index(options: BuildOptions) -> Path:
     out = Path(options.out)
     with writer_lock(out):
         encoded = encode_paths([e.path for e in entries], loaded, batch_size=options.batch_size,
-                               device=device, workers=options.workers, progress=options.progress)
+                               device=device, workers=options.workers, progress=options.progress,
+                               plan=plan_inference(device, options.precision))
         skipped = [{"path": str(entries[i].path), "reason": reason} for i, reason in encoded.failures]
         if len(encoded.ok_indices) == 0:
             raise IndexBuildError(

@@ -14,18 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model import LoadedModel
+from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
 from model.preprocessing import ImageDecodeError, build_transform, load_image
-
-
-def resolve_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if requested not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
-    return torch.device(requested)
 
 
 class PhotoDataset(Dataset):
@@ -79,9 +70,10 @@ def default_workers() -> int:
 
 def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 32,
                  device: torch.device | str = "cpu", workers: int | None = None,
-                 progress: bool = True) -> EncodeResult:
+                 progress: bool = True, plan: InferencePlan | None = None) -> EncodeResult:
     device = torch.device(device)
-    model = loaded.model.to(device).eval()
+    plan = plan or plan_inference(device)
+    model = prepare_model(loaded.model, plan)
     prep = loaded.config.preprocessing
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
@@ -93,18 +85,16 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
     decode_s = forward_s = 0.0
     started = time.perf_counter()
     bar = _progress_bar(len(paths), progress)
-    with torch.inference_mode():
-        for indices, batch, batch_digests, bad, batch_decode_s in loader:
-            failures.extend(bad)
-            digests.extend(batch_digests)
-            decode_s += batch_decode_s
-            if batch is not None:
-                t0 = time.perf_counter()
-                embeddings = model(batch.to(device, non_blocking=True))
-                chunks.append(embeddings.float().cpu().numpy())
-                forward_s += time.perf_counter() - t0
-                order.append(indices.numpy())
-            bar.update(len(indices) + len(bad))
+    for indices, batch, batch_digests, bad, batch_decode_s in loader:
+        failures.extend(bad)
+        digests.extend(batch_digests)
+        decode_s += batch_decode_s
+        if batch is not None:
+            t0 = time.perf_counter()
+            chunks.append(embed_batch(model, batch, plan))
+            forward_s += time.perf_counter() - t0
+            order.append(indices.numpy())
+        bar.update(len(indices) + len(bad))
     bar.close()
     wall = time.perf_counter() - started
     dim = loaded.model.embedding_dim
@@ -118,7 +108,7 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
             "decode_preprocess_s_total": round(decode_s, 3),
             "forward_s": round(forward_s, 3),
             "images_per_s": round(len(ok) / wall, 2) if wall > 0 else 0.0,
-        },
+        } | plan.describe(),
     )
 
 

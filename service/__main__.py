@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="override where the index's model is loaded from; it must be the same weights")
     parser.add_argument("--host", help="bind address (env SNAP2SHOP_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env SNAP2SHOP_PORT, default 8000)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="env SNAP2SHOP_DEVICE, default auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="embedder device (env SNAP2SHOP_DEVICE, default auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="env SNAP2SHOP_PRECISION; auto: bf16 on a GPU")
+    parser.add_argument("--index-device", choices=("auto", "cpu", "gpu"), help="FAISS device (env SNAP2SHOP_INDEX_DEVICE)")
     parser.add_argument("--max-upload-bytes", type=int, help="env SNAP2SHOP_MAX_UPLOAD_BYTES, default 20 MiB")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env(index=args.index, model=args.model, host=args.host, port=args.port,
-                                     device=args.device, max_upload_bytes=args.max_upload_bytes)
+                                     device=args.device, precision=args.precision, index_device=args.index_device,
+                                     max_upload_bytes=args.max_upload_bytes)
         # Loaded before uvicorn starts, so a bad index is one clear line and exit code 2.
-        engine = SearchEngine.load(settings.index, settings.model, settings.device)
+        engine = SearchEngine.from_settings(settings)
     except (IndexLayoutError, IndexOpenError, IncompatibleIndexError, CheckpointError,
             WeightsUnavailableError, ValueError, RuntimeError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if getattr(app.state, "engine", None) is None:
-            app.state.engine = SearchEngine.load(settings.index, settings.model, settings.device)
+            app.state.engine = SearchEngine.from_settings(settings)
         yield
 
     app = FastAPI(title="snap2shop", version="0.1.0", lifespan=lifespan,

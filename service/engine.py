@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from indexer.encode import resolve_device
 from indexer.store import OpenedIndex, open_index
 from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
+from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model, resolve_device
 from model.preprocessing import Box, crop_to_box
 
 from .filters import search_params_for
+from .placement import GPU_MAX_K, place_index
 
 log = logging.getLogger("snap2shop.service")
 
@@ -33,26 +33,39 @@ class SearchHit:
 
 
 class SearchEngine:
-    def __init__(self, index: OpenedIndex, model: LoadedModel, device: torch.device) -> None:
+    def __init__(self, index: OpenedIndex, model: LoadedModel, plan: InferencePlan,
+                 index_device: str = "auto") -> None:
         self.index = index
         self.model = model
-        self.device = device
+        self.plan = plan
+        self._net = prepare_model(model.model, plan)
         self.preprocessing = model.config.preprocessing
         self._transform = build_transform(self.preprocessing)
         # Filter look-ups scan the metadata; an index version never changes, so their answers keep.
         self._vector_ids_where = functools.lru_cache(maxsize=256)(index.metadata.vector_ids_where)
+        # Unfiltered searches go to the GPU copy when there is one; filtered searches and very deep
+        # ones stay on the CPU index, which supports ID selectors and any k.
+        self._search_index, self.index_placement = place_index(index.faiss_index, index_device)
 
     @classmethod
-    def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto") -> "SearchEngine":
+    def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
+             precision: str = "auto", index_device: str = "auto") -> "SearchEngine":
         opened = open_index(index_dir)
         manifest = opened.manifest
         spec = model_spec or manifest["model"]["spec"]
         torch_device = resolve_device(device)
-        loaded = load_model(spec, device=torch_device)
+        plan = plan_inference(torch_device, precision)
+        loaded = load_model(spec)
         check_compatible(opened, loaded)
-        log.info("serving %s (%d vectors, %d items) with %s on %s", opened.version_dir,
-                 opened.faiss_index.ntotal, manifest["counts"]["items"], loaded.spec, torch_device)
-        return cls(opened, loaded, torch_device)
+        engine = cls(opened, loaded, plan, index_device)
+        log.info("serving %s (%d vectors, %d items) with %s; embedder on %s; index on %s", opened.version_dir,
+                 opened.faiss_index.ntotal, manifest["counts"]["items"], loaded.spec,
+                 " ".join(plan.describe().values()), engine.index_placement)
+        return engine
+
+    @classmethod
+    def from_settings(cls, settings) -> "SearchEngine":
+        return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device)
 
     def embed(self, image_bytes: bytes, box: Box | None = None) -> np.ndarray:
         """Decode, crop to `box` if given, preprocess and embed one upload.
@@ -65,10 +78,7 @@ class SearchEngine:
             # Full-resolution decode: box coordinates are in the photo's own (upright) pixels, and
             # a small box needs all of them.
             img = crop_to_box(load_image(image_bytes), box)
-        tensor = self._transform(img)
-        with torch.inference_mode():
-            embedding = self.model.model(tensor.unsqueeze(0).to(self.device))
-        return embedding.float().cpu().numpy()
+        return embed_batch(self._net, self._transform(img).unsqueeze(0), self.plan)
 
     def search(self, image_bytes: bytes, k: int, box: Box | None = None,
                category: str | None = None) -> tuple[list[SearchHit], dict[str, float]]:
@@ -88,10 +98,13 @@ class SearchEngine:
             return []
         fetch, widen, can_widen = min(total, k * 4), 1, False
         while True:
-            params = None
+            target, params = self._search_index, None
             if allowed is not None:
+                target = faiss_index
                 params, _selector, can_widen = search_params_for(faiss_index, allowed, fetch, widen)
-            scores, ids = faiss_index.search(np.ascontiguousarray(query, dtype=np.float32), fetch, params=params)
+            elif fetch > GPU_MAX_K:
+                target = faiss_index
+            scores, ids = target.search(np.ascontiguousarray(query, dtype=np.float32), fetch, params=params)
             # Ties (byte-identical photos of different items) are broken by vector id, so the
             # answer does not depend on FAISS' heap order.
             pairs = sorted(((int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0),
@@ -116,10 +129,11 @@ class SearchEngine:
     def describe(self) -> dict:
         manifest = self.index.manifest
         return {
-            "model": {"spec": self.model.spec, "checksum": self.model.checksum, "device": str(self.device),
-                      "dim": self.model.model.embedding_dim},
+            "model": {"spec": self.model.spec, "checksum": self.model.checksum,
+                      "dim": self.model.model.embedding_dim} | self.plan.describe(),
             "index": {"version": self.index.version_dir.name, "vectors": int(self.index.faiss_index.ntotal),
                       "items": manifest["counts"]["items"], "factory": manifest["index_factory"],
+                      "placement": self.index_placement,
                       "built_at": manifest["built_at"]},
         }
 

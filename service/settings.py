@@ -12,7 +12,9 @@ ENV_PREFIX = "SNAP2SHOP_"
 class Settings:
     index: Path = Path("var/demo/index")
     model: str | None = None  # None: the model the index manifest names
-    device: str = "auto"
+    device: str = "auto"  # where the embedder runs: auto (GPU when torch sees one), cpu, cuda
+    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
+    index_device: str = "auto"  # where FAISS searches: auto (GPU with faiss-gpu), cpu, gpu
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 20 * 1024 * 1024

@@ -1,0 +1,66 @@
+"""How the embedder runs on a device: one definition for the indexer, the service and evaluation.
+
+On a GPU: bf16 autocast and channels_last memory layout (tensor cores want both). On the CPU:
+fp32 by default; bf16 can be forced, which is also how the tests exercise the GPU code path.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger("snap2shop.model")
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.info("no CUDA GPU visible to torch: running on the CPU")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if requested not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "precision": "bf16" if self.bf16 else "fp32",
+                "memory_format": "channels_last" if self.channels_last else "contiguous"}
+
+
+def plan_inference(device: torch.device, precision: str = "auto") -> InferencePlan:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    on_gpu = device.type == "cuda"
+    return InferencePlan(device=device, bf16=precision == "bf16" or (precision == "auto" and on_gpu),
+                         channels_last=on_gpu)
+
+
+def prepare_model(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Module:
+    model = model.to(plan.device).eval()
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePlan) -> np.ndarray:
+    """(B, 3, H, W) normalised images -> (B, D) float32 unit vectors on the CPU."""
+    images = images.to(plan.device, non_blocking=True)
+    if plan.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16,
+                                                enabled=plan.bf16):
+        embeddings = model(images)
+    return embeddings.float().cpu().numpy()
