@@ -140,6 +140,7 @@ def test_entrypoints_run_real_modules():
     for name in ("indexer", "indexer-cpu"):
         assert SERVICES[name]["entrypoint"] == ["python", "-m", "indexer"]
         assert SERVICES[name]["restart"] == "no" and SERVICES[name]["profiles"] == ["tools"]
+        assert SERVICES[name]["shm_size"].endswith("gb")  # decode workers share batches via /dev/shm
     for module in ("service", "indexer"):
         assert (ROOT / module / "__main__.py").is_file()
 
