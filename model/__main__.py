@@ -1,0 +1,118 @@
+"""`python -m model train|evaluate`."""
+from __future__ import annotations
+
+from venv_guard import ensure_dependencies
+
+ensure_dependencies("model")
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+FORMATS = ("deepfashion", "pairs", "catalog")
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True,
+                        help="deepfashion: the dataset root; pairs: the CSV; catalog: a photo folder or the indexer's CSV")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--split-csv", type=Path, help="CSV path,item_id,split (e.g. fashion-products' split.csv)")
+    parser.add_argument("--no-crop", dest="crop", action="store_false", help="ignore DeepFashion's garment boxes")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    defaults = TrainConfig(data=Path("."), format="catalog", out=Path("x"))
+    parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser("train", help="fine-tune an embedder with the triplet loss")
+    _add_data_args(train)
+    train.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    train.add_argument("--backbone", default=defaults.backbone)
+    train.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a local weights file")
+    train.add_argument("--dim", type=int, default=defaults.dim, help="embedding size (0: the pooled feature)")
+    train.add_argument("--input-size", type=int, default=None, help="pixels (default: the backbone's)")
+    train.add_argument("--pooling", choices=("max", "gem", "avg"), default=defaults.pooling)
+    train.add_argument("--no-bnneck", dest="bnneck", action="store_false")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
+    train.add_argument("--views-per-item", type=int, default=defaults.views_per_item,
+                       help="query views per item in batch-hard batches (K)")
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--margin", type=float, default=defaults.margin)
+    train.add_argument("--negatives", choices=("batch-hard", "adjacent", "hard"), default=defaults.negatives)
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from OUT and its .state.pt")
+    train.add_argument("--max-steps-per-epoch", type=int, default=None)
+
+    evaluate = verbs.add_parser("evaluate", help="top-k retrieval accuracy (DeepFashion protocol)")
+    _add_data_args(evaluate)
+    evaluate.add_argument("--model", action="append", required=True,
+                          help="model spec; repeat to compare several on one plot")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--queries-per-item", type=int, default=1, help="synthesised queries per item (catalog)")
+    evaluate.add_argument("--out", type=Path, default=Path("evaluation.json"), help="JSON report; the PNG goes beside it")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, curve_path, metrics_path, train
+
+    config = TrainConfig(
+        data=args.data, format=args.format, out=args.out, split_csv=args.split_csv, crop=args.crop,
+        backbone=args.backbone, weights=args.weights, dim=args.dim or None, input_size=args.input_size,
+        pooling=args.pooling, bnneck=args.bnneck, epochs=args.epochs, batch_size=args.batch_size,
+        views_per_item=args.views_per_item, lr=args.lr, margin=args.margin, negatives=args.negatives,
+        device=args.device, precision=args.precision, workers=args.workers, seed=args.seed, resume=args.resume,
+        max_steps_per_epoch=args.max_steps_per_epoch, progress=not args.quiet,
+    )
+    out = train(config)
+    print(f"checkpoint {out}\nmetrics {metrics_path(out)}\nloss curve {curve_path(out)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import read_data
+    from .evaluate import DEFAULT_KS, evaluate, write_report
+
+    data = read_data(args.format, args.data, split_csv=args.split_csv, crop=args.crop)
+    results = []
+    for spec in args.model:
+        result = evaluate(data, load_model(spec), split=args.split, device=args.device, workers=args.workers,
+                          queries_per_item=args.queries_per_item, progress=not args.quiet)
+        results.append(result)
+        print(f"{result['model']}: " + "  ".join(f"top-{k} {result[f'top{k}']:.4f}" for k in DEFAULT_KS)
+              + f"  ({result['queries']} queries, {result['gallery_items']} gallery items)")
+    png = args.out.with_suffix(".png")
+    write_report(results, args.out, png)
+    print(f"report {args.out}\ncurve {png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    args = make_parser().parse_args(argv)
+    from .backbones import WeightsUnavailableError
+    from .checkpoint import CheckpointError
+
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.verb](args)
+    except (CheckpointError, WeightsUnavailableError, ValueError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last completed epoch's checkpoint is intact (--resume continues)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
