@@ -38,7 +38,9 @@ class ConsumerViewConfig:
     long_side: tuple[int, int] = (256, 512)
     # (width / height, weight): phone photos are mostly portrait 3:4, some square, 4:3 and 9:16.
     aspects: tuple[tuple[float, float], ...] = ((3 / 4, 0.55), (1.0, 0.2), (4 / 3, 0.15), (9 / 16, 0.1))
-    garment_fraction: Range = (0.35, 0.95)  # share of the frame's width or height the product spans
+    # Share of the frame's width or height the product spans, drawn triangular with its mode at
+    # 0.8 * high: shoppers fill the frame.
+    garment_fraction: Range = (0.35, 0.95)
     stretch: Range = (0.85, 1.18)           # width/height re-stretch: the source photos were squashed
     max_rotation: float = 20.0              # degrees, drawn triangular around 0 (most photos are upright)
     p_perspective: float = 0.6
@@ -246,12 +248,13 @@ def _procedural_background(w: int, h: int, r: random.Random, nrng: np.random.Gen
             for _ in range(r.randint(1, 5)):
                 x, y = r.uniform(-0.1, 1.0) * w, r.uniform(0.0, 0.8) * h
                 draw.rectangle((x, y, x + r.uniform(0.05, 0.4) * w, y + r.uniform(0.05, 0.6) * h), fill=_colour(r))
-        else:  # out-of-focus street or shop interior
-            for _ in range(r.randint(6, 24)):
-                x, y, s = r.uniform(-0.1, 1.0) * w, r.uniform(-0.1, 1.0) * h, r.uniform(0.03, 0.4) * max(w, h)
-                shape = draw.ellipse if r.random() < 0.5 else draw.rectangle
-                shape((x, y, x + s * r.uniform(0.3, 1.5), y + s), fill=_colour(r, 1.0))
-        img = np.asarray(im.filter(ImageFilter.GaussianBlur(r.uniform(0.5, 4))), np.float32)
+        else:  # out-of-focus street or shop interior: many overlapping things, mostly upright
+            for _ in range(r.randint(15, 60)):
+                x, y, s = r.uniform(-0.1, 1.0) * w, r.uniform(-0.1, 1.0) * h, r.uniform(0.02, 0.3) * max(w, h)
+                shape = draw.ellipse if r.random() < 0.3 else draw.rectangle
+                shape((x, y, x + s * r.uniform(0.2, 1.2), y + s), fill=_colour(r, 0.9))
+        img = np.asarray(im.filter(ImageFilter.GaussianBlur(r.uniform(1, 4) if kind == "room" else r.uniform(3, 9))),
+                         np.float32)
     img = img * (1 + r.uniform(0, 0.3) * (_value_noise(h, w, nrng, 3) - 0.5))[..., None]  # uneven light
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     if r.random() < 0.4:  # wall or floor seen at an angle
@@ -323,7 +326,8 @@ class ConsumerViewSynthesizer:
         theta = math.radians(r.triangular(-c.max_rotation, c.max_rotation, 0) * (1.0 if cut else 0.3))
         cs, sn = abs(math.cos(theta)), abs(math.sin(theta))
         if cut:
-            s = r.uniform(*c.garment_fraction) * min(W / (gw * cs + gh * sn), H / (gw * sn + gh * cs))
+            lo, hi = c.garment_fraction
+            s = r.triangular(lo, hi, max(lo, 0.8 * hi)) * min(W / (gw * cs + gh * sn), H / (gw * sn + gh * cs))
             # Up to a tenth of the product may leave the frame, as in a hurried photo.
             slack_x = max(0.0, W - s * (gw * cs + gh * sn)) / 2 + 0.1 * s * gw
             slack_y = max(0.0, H - s * (gw * sn + gh * cs)) / 2 + 0.1 * s * gh
@@ -336,6 +340,14 @@ class ConsumerViewSynthesizer:
         if r.random() < c.p_flip:
             rel[:, 0] *= -1
         flat = rel @ np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]]) + [cx, cy]
+        # A product the shop photo cuts off (a model cropped at the thighs) must run off the frame on
+        # that side too, or it floats as half a person: slide it outwards until that edge leaves.
+        for (i, k), touches in zip(((0, 1), (1, 2), (2, 3), (3, 0)), (y0 <= 1, x1 >= w - 1, y1 >= h - 1, x0 <= 1)):
+            mid = (flat[i] + flat[k]) / 2
+            d = mid - flat.mean(0)
+            if cut and touches and np.abs(d).max() > 1e-6:
+                exits = [((lim if dv > 0 else 0) - mv) / dv for mv, dv, lim in zip(mid, d, (W, H)) if abs(dv) > 1e-6]
+                flat = flat + d * (max(0.0, min(exits)) + 0.02)
         tilted = flat
         if r.random() < c.p_perspective:
             j = r.uniform(0, c.max_perspective) * (1.0 if cut else 0.4)
@@ -382,13 +394,13 @@ class ConsumerViewSynthesizer:
             return None
         H, W = alpha.shape
         ys, xs = np.flatnonzero(garment.any(1)), np.flatnonzero(garment.any(0))
-        box = (xs[0], ys[0], xs[-1], ys[-1])
-        size = max(box[2] - box[0], box[3] - box[1])
+        size, on_product = max(xs[-1] - xs[0], ys[-1] - ys[0]), np.flatnonzero(garment)
         cover, colour = np.zeros((H, W), bool), Image.new("RGB", (W, H))
         for _ in range(r.choice((1, 1, 2))):
             for attempt in range(4):  # too much covered: try again smaller
                 shape = Image.new("L", (W, H), 0)
-                fill = self._draw_occluder(ImageDraw.Draw(shape), r, box, size * 0.7 ** attempt, W, H)
+                py, px = divmod(int(on_product[r.randrange(len(on_product))]), W)  # it reaches onto the product
+                fill = self._draw_occluder(ImageDraw.Draw(shape), r, px, py, size * 0.7 ** attempt, W, H)
                 s = np.asarray(shape) > 0
                 if np.count_nonzero((cover | s) & garment) <= c.max_occluded_fraction * area:
                     cover |= s
@@ -399,9 +411,8 @@ class ConsumerViewSynthesizer:
         return np.asarray(colour, np.float32), cover[..., None].astype(np.float32)
 
     @staticmethod
-    def _draw_occluder(draw: ImageDraw.ImageDraw, r: random.Random, box: tuple, size: float,
+    def _draw_occluder(draw: ImageDraw.ImageDraw, r: random.Random, px: int, py: int, size: float,
                        W: int, H: int) -> tuple[int, int, int]:
-        px, py = r.uniform(box[0], box[2]), r.uniform(box[1], box[3])  # where it reaches onto the product
         kind = r.choice(("rect", "ellipse", "arm", "strap"))
         if kind == "arm":  # enters from the nearest frame edge, tapers to the wrist, ends in a hand
             ex, ey = min(((0, py), (W, py), (px, 0), (px, H)), key=lambda p: math.dist(p, (px, py)))

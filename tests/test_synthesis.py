@@ -126,7 +126,7 @@ def test_output_is_rgb_with_a_phone_photo_size():
 ])
 def test_works_on_tiny_non_square_and_grey_inputs(make):
     synth = ConsumerViewSynthesizer()
-    for seed in range(4):
+    for seed in range(3):
         out = synth(make(), random.Random(seed))
         assert out.mode == "RGB" and 256 <= max(out.size) <= 512
         assert np.asarray(out).std() > 1  # not a blank frame
@@ -137,9 +137,9 @@ def test_cutout_replaces_the_studio_backdrop():
     def white_share(config, seed):
         out = np.asarray(ConsumerViewSynthesizer(config)(shop, random.Random(seed)))
         return (out.min(2) >= 250).mean()
-    cut = [white_share(replace(CLEAN, p_cutout=1.0), s) for s in range(10)]
-    kept = [white_share(replace(CLEAN, p_cutout=0.0), s) for s in range(4)]
-    assert sum(share < 0.05 for share in cut) >= 8
+    cut = [white_share(replace(CLEAN, p_cutout=1.0), s) for s in range(8)]
+    kept = [white_share(replace(CLEAN, p_cutout=0.0), s) for s in range(3)]
+    assert sum(share < 0.05 for share in cut) >= 6
     assert min(kept) > 0.2  # without a cut-out the backdrop is still there: the check can fail
 
 
@@ -150,30 +150,31 @@ def test_product_colour_survives_synthesis(colour):
     other = tuple(255 - c for c in colour)
     h0, s0, _ = colorsys.rgb_to_hsv(*(c / 255 for c in colour))
     errors, kept_saturation = [], []
-    for seed in range(8):
+    for seed in range(6):
         region, pixels = _garment_pixels(synth, colour, other, seed)
         assert region.mean() > 0.02, "the product should be clearly visible"
         h, s, _ = colorsys.rgb_to_hsv(*(np.median(pixels, axis=0) / 255))
         errors.append(min(abs(h - h0), 1 - abs(h - h0)) * 360)
         kept_saturation.append(s / s0)
-    assert sum(e < 20 for e in errors) >= 7, errors
+    assert sum(e < 20 for e in errors) >= 5, errors
     assert np.mean(errors) < 12, errors
     assert np.median(kept_saturation) > 0.6, kept_saturation
 
 
-@pytest.mark.parametrize("limit", [0.25, 0.1])
-def test_occlusion_never_covers_more_than_the_configured_share(limit):
+def test_occlusion_never_covers_more_than_the_configured_share():
     off = ConsumerViewSynthesizer(CLEAN)
-    on = ConsumerViewSynthesizer(replace(CLEAN, p_occlusion=1.0, max_occluded_fraction=limit))
     colour, other = (200, 30, 40), (30, 200, 190)
-    shares = []
-    for seed in range(8):
-        full, _ = _garment_pixels(off, colour, other, seed)
-        visible, _ = _garment_pixels(on, colour, other, seed)
+    drawn = 0
+    for seed in range(6):
+        full, _ = _garment_pixels(off, colour, other, seed)  # the same seed without occluders
         assert full.sum() > 500
-        shares.append((full & ~visible).sum() / full.sum())
-    assert max(shares) <= limit + 0.015, shares
-    assert sum(s > 0.01 for s in shares) >= 6, shares  # occluders really are drawn
+        for limit in (0.25, 0.04):
+            on = ConsumerViewSynthesizer(replace(CLEAN, p_occlusion=1.0, max_occluded_fraction=limit))
+            visible, _ = _garment_pixels(on, colour, other, seed)
+            share = (full & ~visible).sum() / full.sum()
+            assert share <= limit + 0.01, (seed, limit, share)
+            drawn += share > 0.005
+    assert drawn >= 10  # occluders really are drawn, within the limit
 
 
 def test_photo_backgrounds_are_used_and_a_broken_file_falls_back(tmp_path):
