@@ -30,6 +30,9 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch (default: all items)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--dim", type=int, default=256, help="0: no projection, the pooled feature itself")
+    parser.add_argument("--pooling", default="gem")
+    parser.add_argument("--no-bnneck", dest="bnneck", action="store_false")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "catalog.safetensors")
@@ -49,6 +52,7 @@ def main() -> int:
     started = time.perf_counter()
     train(TrainConfig(data=images, format="catalog", out=args.out, split_csv=split_csv, backbone=args.backbone,
                       input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      dim=args.dim or None, pooling=args.pooling, bnneck=args.bnneck,
                       device=args.device, workers=args.workers, max_steps_per_epoch=args.max_steps))
     train_s = time.perf_counter() - started
     epochs = [json.loads(line) for line in metrics_path(args.out).read_text().splitlines()]

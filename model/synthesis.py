@@ -8,7 +8,6 @@ one look; only colour is kept on a short leash, because a red dress must still r
 """
 from __future__ import annotations
 
-import colorsys
 import io
 import math
 import random
@@ -19,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .cutout import cutout_mask, product_mask
 from .preprocessing import ImageDecodeError, load_image
+from .scenes import procedural_background, random_colour, skin_tone, value_noise
 
 Range = tuple[float, float]
-_BILINEAR, _BOX = Image.Resampling.BILINEAR, Image.Resampling.BOX
-_MASK_WORK = 256   # mask estimation size: catalogue photos are ~224 px and more pixels add nothing
-_LABEL_GRID = 48   # connected components are found at this size to keep the numpy loop short
+_BILINEAR = Image.Resampling.BILINEAR
 _MESH = 8          # geometry goes through an 8x8 mesh: cloth folds can bend it, empty cells are skipped
 
 
@@ -76,116 +75,6 @@ class ConsumerViewConfig:
         if self.garment_fraction[0] <= 0 or not 0 <= self.max_occluded_fraction <= 1:
             raise ValueError("garment_fraction must be positive and max_occluded_fraction within 0..1")
 
-
-def cutout_mask(shop: Image.Image) -> Image.Image:
-    """'L' mask of the product (255 = product, feathered edge) estimated from a plain backdrop.
-
-    When the photo has no plain backdrop, or the estimate covers under 3% or over 97% of it, the
-    result is a full 255 mask, meaning "no cut-out: use the whole photo".
-    """
-    mask = _product_mask(shop.convert("RGB"))
-    return mask if mask is not None else Image.new("L", shop.size, 255)
-
-
-def _channel_max(x: np.ndarray) -> np.ndarray:
-    # numpy's .max(-1) over a 3-wide last axis is ~20x slower than two elementwise maxima
-    return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
-
-
-def _to_l(x: np.ndarray) -> Image.Image:
-    return Image.fromarray(x.astype(np.uint8) * 255)
-
-
-def _morph(m: np.ndarray, r: int, grow: bool) -> np.ndarray:
-    """Binary dilation (grow) or erosion by a (2r+1)-square, far cheaper than PIL's rank filters: separable
-    shifts by 1, 2, 4... pixels, each widening the window to 2 * (reach so far) + 1."""
-    op, out, reach = (np.logical_or if grow else np.logical_and), m.copy(), 0
-    while reach < r:
-        step = min(reach + 1, r - reach)
-        for axis in (0, 1):
-            src = out.copy()
-            v, sv = (out, src) if axis == 0 else (out.T, src.T)  # transposed views shift along the other axis
-            op(v[step:], sv[:-step], out=v[step:])
-            op(v[:-step], sv[step:], out=v[:-step])
-        reach += step
-    return out
-
-
-def _components(fg: np.ndarray) -> np.ndarray:
-    """4-connected labels (background gets fg.size): min-label propagation with pointer jumping."""
-    n = fg.size
-    lab = np.where(fg, np.arange(n).reshape(fg.shape), n)
-    while True:
-        new = lab.copy()
-        np.minimum(new[1:], lab[:-1], out=new[1:])
-        np.minimum(new[:-1], lab[1:], out=new[:-1])
-        np.minimum(new[:, 1:], lab[:, :-1], out=new[:, 1:])
-        np.minimum(new[:, :-1], lab[:, 1:], out=new[:, :-1])
-        new[~fg] = n
-        flat = np.append(new.ravel(), n)
-        new = flat[flat[new]]  # a label is a pixel index of the same component: jump to its label
-        if np.array_equal(new, lab):
-            return lab
-        lab = new
-
-
-def _product_mask(shop: Image.Image) -> Image.Image | None:
-    w, h = shop.size
-    if min(w, h) < 8:
-        return None
-    scale = min(1.0, _MASK_WORK / max(w, h))
-    work = shop if scale == 1 else shop.resize((max(8, round(w * scale)), max(8, round(h * scale))), _BILINEAR)
-    a = np.asarray(work, dtype=np.float32)
-    hh, ww = a.shape[:2]
-    b = max(1, min(hh, ww) // 40)
-    border = np.zeros((hh, ww), bool)
-    border[:b] = border[-b:] = border[:, :b] = border[:, -b:] = True
-    plane = np.stack([np.ones(hh * ww), np.tile(np.arange(ww) / ww, hh), np.repeat(np.arange(hh) / hh, ww)], 1)
-    plane = plane.astype(np.float32)  # (pixels, 3): the backdrop model is plane @ coef
-    design, pix = plane[border.ravel()], a[border]
-    keep = np.ones(len(pix), bool)
-    # A plane per channel models studio backdrops that fade; the refit ignores border pixels that
-    # belong to the product (feet, hems and straps often touch the frame).
-    for tol in (25.0, 12.0):
-        d = design[keep]
-        coef = np.linalg.solve(d.T @ d + 1e-6 * np.eye(3), d.T @ pix[keep]).astype(np.float32)
-        resid = _channel_max(np.abs(design @ coef - pix))
-        keep = resid < tol
-        if keep.sum() < 4:
-            return None
-    if keep.mean() < 0.6:
-        return None  # a scene, not a backdrop
-    bg = (plane @ coef).reshape(hh, ww, 3)
-    noise = float(np.median(resid[keep]))
-    fg = _channel_max(np.abs(a - bg)) > np.clip(10 + 4 * noise, 14, 40)
-    # White-on-white fabric differs from the backdrop only by faint shading: accept faintly darker
-    # pixels well inside the closed silhouette of the clear ones. Smoothing cancels JPEG ringing
-    # inside; staying 3 px from the outline keeps out the clipped (only darker) ringing around it.
-    d = bg - a
-    darker = Image.fromarray((d[..., 0] + d[..., 1] + d[..., 2]) / 3).resize((max(2, ww // 4), max(2, hh // 4)), _BOX)
-    fg |= _morph(_morph(fg, 4, True), 7, False) & (np.asarray(darker.resize((ww, hh), _BILINEAR)) > max(4, 3 * noise))
-    fg = _morph(_morph(fg, 1, False), 1, True)  # open: drop JPEG specks
-    g = min(1.0, _LABEL_GRID / max(hh, ww))
-    small = np.asarray(_to_l(fg).resize((max(2, round(ww * g)), max(2, round(hh * g))), _BOX)) > 0
-    # Parts a few pixels apart (stripes split by white bands, a pair of shoes) count as one object.
-    lab = np.where(small, _components(_morph(small, 1, True)), small.size)
-    sizes = np.bincount(lab.ravel(), minlength=small.size + 1)[:small.size]
-    if sizes.max() == 0:
-        return None
-    kept = np.append(sizes >= 0.05 * sizes.max(), False)[lab]
-    # Fill small enclosed holes (logos, highlights); a big one is a real gap, like a bag handle's loop.
-    bl = _components(~kept)
-    hole = ~kept & ~np.isin(bl, np.concatenate([bl[0], bl[-1], bl[:, 0], bl[:, -1]]))
-    hole &= np.bincount(bl[hole], minlength=small.size + 1)[bl] < 0.1 * kept.sum()
-    up = [np.asarray(_to_l(x).resize((ww, hh), Image.Resampling.NEAREST)) > 0 for x in (_morph(kept, 1, True), hole)]
-    fg = _morph(_morph(fg & up[0] | up[1], 2, True), 2, False)  # close: rejoin parts split by highlights
-    if not 0.03 <= fg.mean() <= 0.97:
-        return None
-    # Erode past the backdrop-tinted JPEG fringe before feathering, or a white halo shows on dark scenes.
-    m = _to_l(_morph(fg, 1, False)).filter(ImageFilter.GaussianBlur(0.8))
-    return m if scale == 1 else m.resize((w, h), _BILINEAR)
-
-
 def _homography(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     """3x3 matrix taking the four output points `dst` to the source points `src`."""
     rows, rhs = [], []
@@ -193,75 +82,6 @@ def _homography(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
         rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
         rhs += [u, v]
     return np.append(np.linalg.solve(np.array(rows), np.array(rhs)), 1.0).reshape(3, 3)
-
-
-def _colour(r: random.Random, max_sat: float = 0.7) -> tuple[int, int, int]:
-    # Scenes are mostly muted (walls, pavement, wood); a few saturated ones keep the model honest.
-    rgb = colorsys.hsv_to_rgb(r.random(), r.random() ** 1.8 * max_sat, r.uniform(0.18, 0.95))
-    return tuple(round(v * 255) for v in rgb)
-
-
-def _skin(r: random.Random) -> tuple[int, int, int]:
-    t = r.random()
-    return tuple(round(lo + (hi - lo) * t + r.uniform(-8, 8)) for lo, hi in zip((242, 204, 176), (88, 56, 40)))
-
-
-def _value_noise(h: int, w: int, nrng: np.random.Generator, cells: int) -> np.ndarray:
-    """Smooth random field scaled to 0..1: three octaves of bicubically enlarged random grids."""
-    out = np.zeros((h, w), np.float32)
-    for octave in range(3):
-        k = cells * 2 ** octave / max(h, w)
-        grid = nrng.random((max(2, round(k * h)), max(2, round(k * w))), dtype=np.float32)
-        out += np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BICUBIC)) / 2 ** octave
-    return (out - out.min()) / (np.ptp(out) + 1e-6)
-
-
-def _procedural_background(w: int, h: int, r: random.Random, nrng: np.random.Generator) -> Image.Image:
-    """A scene at (w, h): gradient, texture, bricks/tiles/planks, blurred street blobs or a room."""
-    c0, c1 = np.array(_colour(r), np.float32), np.array(_colour(r), np.float32)
-    kind = r.choice(("gradient", "texture", "bricks", "tiles", "planks", "blobs", "room"))
-    if kind == "gradient":
-        a = r.uniform(0, 2 * math.pi)
-        t = math.cos(a) * np.arange(w)[None, :] + math.sin(a) * np.arange(h)[:, None]
-        img = c0 + (c1 - c0) * ((t - t.min()) / (np.ptp(t) + 1e-6))[..., None]
-    elif kind == "texture":  # concrete, carpet, grass, knit
-        img = c0 + (c1 - c0) * r.uniform(0.3, 1) * _value_noise(h, w, nrng, r.choice((4, 12, 32, 64)))[..., None]
-    elif kind in ("bricks", "tiles", "planks"):
-        vertical = kind != "bricks" and r.random() < 0.4  # planks and tiles also run up the frame
-        unit = r.uniform(0.04, 0.15) * h
-        length = unit * {"bricks": r.uniform(2, 3.5), "tiles": 1.0, "planks": r.uniform(4, 10)}[kind]
-        yy, xx = (np.mgrid[0:w, 0:h] if vertical else np.mgrid[0:h, 0:w]).astype(np.float32)
-        rows = (yy / unit).astype(int)
-        n = rows.max() + 1
-        shift = {"bricks": np.arange(n) % 2 * length / 2, "tiles": np.zeros(n), "planks": nrng.random(n) * length}
-        xx += shift[kind][rows]
-        cols = (xx / length).astype(int)
-        img = c0 * (1 + nrng.normal(0, r.uniform(0.03, 0.15), (n, cols.max() + 1, 1)).astype(np.float32)[rows, cols])
-        gap = max(1.0, unit * r.uniform(0.03, 0.12))
-        img[((yy % unit) < gap) | ((xx % length) < gap)] = c1 if r.random() < 0.5 else c0 * 0.6
-        img = np.ascontiguousarray(img.transpose(1, 0, 2)) if vertical else img
-    else:
-        im = Image.new("RGB", (w, h), tuple(int(v) for v in c0))
-        draw = ImageDraw.Draw(im)
-        if kind == "room":  # wall, floor, then doors, windows, furniture and frames
-            draw.rectangle((0, round(h * r.uniform(0.45, 0.85)), w, h), fill=tuple(int(v) for v in c1))
-            for _ in range(r.randint(1, 5)):
-                x, y = r.uniform(-0.1, 1.0) * w, r.uniform(0.0, 0.8) * h
-                draw.rectangle((x, y, x + r.uniform(0.05, 0.4) * w, y + r.uniform(0.05, 0.6) * h), fill=_colour(r))
-        else:  # out-of-focus street or shop interior: many overlapping things, mostly upright
-            for _ in range(r.randint(15, 60)):
-                x, y, s = r.uniform(-0.1, 1.0) * w, r.uniform(-0.1, 1.0) * h, r.uniform(0.02, 0.3) * max(w, h)
-                shape = draw.ellipse if r.random() < 0.3 else draw.rectangle
-                shape((x, y, x + s * r.uniform(0.2, 1.2), y + s), fill=_colour(r, 0.9))
-        img = np.asarray(im.filter(ImageFilter.GaussianBlur(r.uniform(1, 4) if kind == "room" else r.uniform(3, 9))),
-                         np.float32)
-    img = img * (1 + r.uniform(0, 0.3) * (_value_noise(h, w, nrng, 3) - 0.5))[..., None]  # uneven light
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    if r.random() < 0.4:  # wall or floor seen at an angle
-        j = [r.uniform(0, 0.3) for _ in range(4)]
-        quad = (j[0] * w, 0, 0, h, w, h - j[2] * h, w - j[3] * w, j[1] * h)
-        out = out.transform((w, h), Image.Transform.QUAD, quad, _BILINEAR)
-    return out
 
 
 class ConsumerViewSynthesizer:
@@ -281,7 +101,7 @@ class ConsumerViewSynthesizer:
         ratio = r_frame.choices([a for a, _ in c.aspects], [wt for _, wt in c.aspects])[0]
         side = r_frame.randint(*c.long_side)
         W, H = (side, max(1, round(side / ratio))) if ratio >= 1 else (max(1, round(side * ratio)), side)
-        mask = _product_mask(shop) if r_frame.random() < c.p_cutout else None
+        mask = product_mask(shop) if r_frame.random() < c.p_cutout else None
 
         layer = self._place(shop, mask, W, H, r_geo)
         alpha_img = layer.getchannel("a")  # RGBa names its alpha band "a"
@@ -311,7 +131,7 @@ class ConsumerViewSynthesizer:
             except (ImageDecodeError, OSError):
                 pass  # a bad file must not kill a DataLoader worker: use a procedural scene
         # Scenes are drawn at half size: they are soft anyway and it quarters the cost.
-        scene = _procedural_background(max(16, W // 2), max(16, H // 2), r, nrng)
+        scene = procedural_background(max(16, W // 2), max(16, H // 2), r, nrng)
         return scene.filter(ImageFilter.BoxBlur(blur / 2)).resize((W, H), _BILINEAR)
 
     def _place(self, shop: Image.Image, mask: Image.Image | None, W: int, H: int, r: random.Random) -> Image.Image:
@@ -421,19 +241,19 @@ class ConsumerViewSynthesizer:
             draw.polygon([(ex + 1.3 * nx, ey + 1.3 * ny), (px + 0.8 * nx, py + 0.8 * ny),
                           (px - 0.8 * nx, py - 0.8 * ny), (ex - 1.3 * nx, ey - 1.3 * ny)], fill=255)
             draw.ellipse((px - wd * 1.2, py - wd * 1.2, px + wd * 1.2, py + wd * 1.2), fill=255)
-            return _skin(r) if r.random() < 0.75 else _colour(r)  # bare arm or sleeve
+            return skin_tone(r) if r.random() < 0.75 else random_colour(r)  # bare arm or sleeve
         if kind == "strap":  # bag strap or belt crossing the whole product
             dx, dy = math.cos(a := r.uniform(0, math.pi)) * size * 1.5, math.sin(a) * size * 1.5
             draw.line([(px - dx, py - dy), (px + dx, py + dy)], fill=255,
                       width=max(2, round(size * r.uniform(0.015, 0.04))))
-            return r.choice(((25, 22, 20), (92, 58, 35), (160, 118, 80))) if r.random() < 0.7 else _colour(r, 1.0)
+            return r.choice(((25, 22, 20), (92, 58, 35), (160, 118, 80))) if r.random() < 0.7 else random_colour(r, 1.0)
         hw, hh = size * r.uniform(0.06, 0.2), size * r.uniform(0.06, 0.2)
         if kind == "rect":  # phone, shopping bag, card
             draw.rounded_rectangle((px - hw, py - hh, px + hw, py + hh), radius=min(hw, hh) * r.uniform(0, 0.5),
                                    fill=255)
         else:  # hand, head, hair, a ball
             draw.ellipse((px - hw, py - hh, px + hw, py + hh), fill=255)
-        return _skin(r) if r.random() < 0.25 else _colour(r)
+        return skin_tone(r) if r.random() < 0.25 else random_colour(r)
 
     def _light_map(self, alpha: Image.Image, r: random.Random) -> np.ndarray:
         """Low-frequency lighting (H, W): direction, vignette, cast shadow, folds on the product."""
@@ -451,7 +271,7 @@ class ConsumerViewSynthesizer:
             sh = np.asarray(sh.filter(ImageFilter.GaussianBlur(r.uniform(0.5, 2))), np.float32) / 255
             light = light * (1 - r.uniform(0.2, 0.5) * sh)
         if r.random() < 0.6:  # worn fabric folds and drapes: shading only on the product
-            folds = _value_noise(lh, lw, np.random.default_rng(r.getrandbits(64)), r.choice((3, 5, 8))) - 0.5
+            folds = value_noise(lh, lw, np.random.default_rng(r.getrandbits(64)), r.choice((3, 5, 8))) - 0.5
             on_product = np.asarray(alpha.resize((lw, lh), _BILINEAR), np.float32) / 255
             light = light * (1 + r.uniform(0.1, 0.4) * folds * on_product)
         # Stacked effects must not black the product out: the strongest darkening is kept readable.
@@ -506,3 +326,5 @@ class ConsumerViewSynthesizer:
             img.save(buf, "JPEG", quality=r.randint(*c.jpeg_quality))
             img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
         return img
+
+__all__ = ["ConsumerViewConfig", "ConsumerViewSynthesizer", "cutout_mask"]

@@ -10,7 +10,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,6 @@ class TrainConfig:
     resume: bool = False
     max_steps_per_epoch: int | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVE_STRATEGIES:

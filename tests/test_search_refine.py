@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
