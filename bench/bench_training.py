@@ -1,7 +1,7 @@
 """Benchmark: cold-start fine-tuning from catalogue photos only, zero-shot vs fine-tuned top-k.
 
-    python bench/bench_training.py [--data ../shared/data/fashion-products] [--input-size 128]
-                                   [--epochs 1] [--max-steps 150] [--out var/bench/catalog.safetensors]
+    python bench/bench_training.py [--data ../shared/data/fashion-products] [--input-size 160]
+                                   [--epochs 1] [--max-steps 100] [--out var/bench/catalog.safetensors]
 
 Trains `efficientnet-lite0` in `catalog` mode on the `train` items of split.csv (shopper views are
 synthesised from the shop photos), then evaluates both the zero-shot model (ImageNet features at
@@ -25,14 +25,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--backbone", default="efficientnet-lite0")
-    parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--input-size", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch (default: all items)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--dim", type=int, default=256, help="0: no projection, the pooled feature itself")
-    parser.add_argument("--pooling", default="gem")
-    parser.add_argument("--no-bnneck", dest="bnneck", action="store_false")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--dim", type=int, default=0, help="FC head size (0: no head, the pooled feature itself)")
+    parser.add_argument("--pooling", default="max")
+    parser.add_argument("--bnneck", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "catalog.safetensors")

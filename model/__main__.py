@@ -36,10 +36,10 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
     train.add_argument("--backbone", default=defaults.backbone)
     train.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a local weights file")
-    train.add_argument("--dim", type=int, default=defaults.dim, help="embedding size (0: the pooled feature)")
+    train.add_argument("--dim", type=int, default=defaults.dim or 0, help="FC head size (default 0: no head, the pooled backbone feature)")
     train.add_argument("--input-size", type=int, default=None, help="pixels (default: the backbone's)")
     train.add_argument("--pooling", choices=("max", "gem", "avg"), default=defaults.pooling)
-    train.add_argument("--no-bnneck", dest="bnneck", action="store_false")
+    train.add_argument("--bnneck", action="store_true", help="BNNeck before the head (strong-baseline style)")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     train.add_argument("--views-per-item", type=int, default=defaults.views_per_item,

@@ -39,9 +39,11 @@ def _events(out: Path, kind: str) -> list[dict]:
 
 def test_batch_hard_training_writes_checkpoint_metrics_and_curve(tree, tmp_path):
     out = train(_config(tree, tmp_path / "m.safetensors", epochs=2))
+    gem = read_checkpoint_config(train(_config(tree, tmp_path / "g.safetensors", pooling="gem", bnneck=True)))
+    assert (gem.pooling, gem.bnneck) == ("gem", True)
     config = read_checkpoint_config(out)
     assert (config.backbone, config.dim, config.preprocessing.input_size, config.pooling, config.bnneck) == \
-        ("resnet18", 16, 64, "gem", True)
+        ("resnet18", 16, 64, "max", False)
     steps, epochs = _events(out, "step"), _events(out, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert steps and all(np.isfinite(s["loss"]) and s["img_per_s"] > 0 for s in steps)
