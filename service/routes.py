@@ -15,6 +15,7 @@ from model.preprocessing import Box, BoxError
 
 from .engine import SearchEngine, SearchHit
 from .settings import Settings
+from .uploads import read_photo_upload
 
 router = APIRouter()
 
@@ -58,6 +59,7 @@ def _result(hit: SearchHit) -> SearchResult:
 @router.post("/search", response_model=SearchResponse, summary="Find the catalogue items shown in a photo",
              responses={400: {"description": "not a usable image"}, 413: {"description": "upload too large"}})
 async def search(
+    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="the shopper's photo (JPEG, PNG, WebP, BMP, GIF, TIFF)")],
@@ -74,10 +76,8 @@ async def search(
         region = Box.parse(box) if box else None
     except BoxError as exc:
         raise HTTPException(422, str(exc)) from None
-    data = await image.read()
+    data = await read_photo_upload(request, image)
     read_ms = (time.perf_counter() - started) * 1e3
-    if not data:
-        raise HTTPException(400, "the uploaded file is empty")
     try:
         hits, timings = await run_in_threadpool(engine.search, data, k, region, category or None)
     except BoxError as exc:
