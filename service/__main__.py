@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="env SNAP2SHOP_PRECISION; auto: bf16 on a GPU")
     parser.add_argument("--index-device", choices=("auto", "cpu", "gpu"), help="FAISS device (env SNAP2SHOP_INDEX_DEVICE)")
     parser.add_argument("--max-upload-bytes", type=int, help="env SNAP2SHOP_MAX_UPLOAD_BYTES, default 20 MiB")
+    parser.add_argument("--max-in-flight", type=int, help="searches at once before 503 (env SNAP2SHOP_MAX_IN_FLIGHT, default 64)")
+    parser.add_argument("--batch-max-size", type=int, help="photos per forward pass at most (env SNAP2SHOP_BATCH_MAX_SIZE, default 16)")
+    parser.add_argument("--reload-poll-s", type=float, help="seconds between looks for a new index version; 0: never (default 2)")
+    parser.add_argument("--log-format", choices=("json", "text"), help="env SNAP2SHOP_LOG_FORMAT, default json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
     from model import CheckpointError, WeightsUnavailableError
 
@@ -31,16 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     from indexer.store import IndexOpenError
 
     from .engine import IncompatibleIndexError, SearchEngine
+    from .observability import configure_logging
     from .settings import Settings
 
     try:
         settings = Settings.from_env(index=args.index, model=args.model, host=args.host, port=args.port,
                                      device=args.device, precision=args.precision, index_device=args.index_device,
-                                     max_upload_bytes=args.max_upload_bytes)
+                                     max_upload_bytes=args.max_upload_bytes, max_in_flight=args.max_in_flight,
+                                     batch_max_size=args.batch_max_size, reload_poll_s=args.reload_poll_s,
+                                     log_format=args.log_format)
+    except ValueError as exc:
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    logging.getLogger("snap2shop.service").info("settings: %r", settings)
+    try:
         # Loaded before uvicorn starts, so a bad index is one clear line and exit code 2.
         engine = SearchEngine.from_settings(settings)
     except (IndexLayoutError, IndexOpenError, IncompatibleIndexError, CheckpointError,
-            WeightsUnavailableError, ValueError, RuntimeError) as exc:
+            WeightsUnavailableError, ValueError, RuntimeError, OSError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 2
 
@@ -48,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
+    # log_config=None keeps our handlers (JSON lines); the app logs each request itself, with its id.
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port,
-                log_level=settings.log_level)
+                log_level=settings.log_level, log_config=None, access_log=False)
     return 0
 
 

@@ -32,43 +32,25 @@ class SearchHit:
     attributes: dict = field(default_factory=dict)
 
 
-class SearchEngine:
-    def __init__(self, index: OpenedIndex, model: LoadedModel, plan: InferencePlan,
-                 index_device: str = "auto") -> None:
-        self.index = index
+class Embedder:
+    """A loaded model and how it runs: photo bytes -> input tensor -> unit vector.
+
+    Kept apart from the index so a hot reload of a catalogue built with the same weights reuses it.
+    """
+
+    def __init__(self, model: LoadedModel, plan: InferencePlan) -> None:
         self.model = model
         self.plan = plan
-        self._net = prepare_model(model.model, plan)
+        self.net = prepare_model(model.model, plan)
         self.preprocessing = model.config.preprocessing
         self._transform = build_transform(self.preprocessing)
-        # Filter look-ups scan the metadata; an index version never changes, so their answers keep.
-        self._vector_ids_where = functools.lru_cache(maxsize=256)(index.metadata.vector_ids_where)
-        # Unfiltered searches go to the GPU copy when there is one; filtered searches and very deep
-        # ones stay on the CPU index, which supports ID selectors and any k.
-        self._search_index, self.index_placement = place_index(index.faiss_index, index_device)
 
-    @classmethod
-    def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
-             precision: str = "auto", index_device: str = "auto") -> "SearchEngine":
-        opened = open_index(index_dir)
-        manifest = opened.manifest
-        spec = model_spec or manifest["model"]["spec"]
-        torch_device = resolve_device(device)
-        plan = plan_inference(torch_device, precision)
-        loaded = load_model(spec)
-        check_compatible(opened, loaded)
-        engine = cls(opened, loaded, plan, index_device)
-        log.info("serving %s (%d vectors, %d items) with %s; embedder on %s; index on %s", opened.version_dir,
-                 opened.faiss_index.ntotal, manifest["counts"]["items"], loaded.spec,
-                 " ".join(plan.describe().values()), engine.index_placement)
-        return engine
+    @property
+    def checksum(self) -> str:
+        return self.model.checksum
 
-    @classmethod
-    def from_settings(cls, settings) -> "SearchEngine":
-        return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device)
-
-    def embed(self, image_bytes: bytes, box: Box | None = None) -> np.ndarray:
-        """Decode, crop to `box` if given, preprocess and embed one upload.
+    def decode(self, image_bytes: bytes, box: Box | None = None):
+        """Decode, crop to `box` if given and preprocess one upload into a (3, H, W) tensor.
 
         Raises ImageDecodeError for bad bytes and BoxError for a box outside the photo.
         """
@@ -78,23 +60,88 @@ class SearchEngine:
             # Full-resolution decode: box coordinates are in the photo's own (upright) pixels, and
             # a small box needs all of them.
             img = crop_to_box(load_image(image_bytes), box)
-        return embed_batch(self._net, self._transform(img).unsqueeze(0), self.plan)
+        return self._transform(img)
+
+    def embed(self, batch) -> np.ndarray:
+        """(B, 3, H, W) tensors -> (B, D) float32 unit vectors."""
+        return embed_batch(self.net, batch, self.plan)
+
+
+class SearchEngine:
+    def __init__(self, index: OpenedIndex, embedder: Embedder, index_device: str = "auto") -> None:
+        self.index = index
+        self.embedder = embedder
+        self.model = embedder.model
+        self.plan = embedder.plan
+        self.preprocessing = embedder.preprocessing
+        # Filter look-ups scan the metadata; an index version never changes, so their answers keep.
+        self._vector_ids_where = functools.lru_cache(maxsize=256)(index.metadata.vector_ids_where)
+        # Unfiltered searches go to the GPU copy when there is one; filtered searches and very deep
+        # ones stay on the CPU index, which supports ID selectors and any k.
+        self._search_index, self.index_placement = place_index(index.faiss_index, index_device)
+
+    @classmethod
+    def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
+             precision: str = "auto", index_device: str = "auto",
+             reuse: Embedder | None = None) -> "SearchEngine":
+        """Open the live index version with its model; `reuse` an already loaded embedder when it
+        holds the weights the index was built with (a hot reload of the same model)."""
+        opened = open_index(index_dir)
+        manifest = opened.manifest
+        if reuse is not None and reuse.checksum == manifest["model"]["checksum"]:
+            embedder = reuse
+        elif reuse is not None and model_spec:
+            raise IncompatibleIndexError(
+                f"index {opened.version_dir} was built with {manifest['model']['spec']} (weights sha256 "
+                f"{manifest['model']['checksum'][:12]}), not with the configured model {model_spec}"
+            )
+        else:
+            plan = reuse.plan if reuse is not None else plan_inference(resolve_device(device), precision)
+            embedder = Embedder(load_model(model_spec or manifest["model"]["spec"]), plan)
+        check_compatible(opened, embedder.model)
+        engine = cls(opened, embedder, index_device)
+        log.info("serving %s (%d vectors, %d items) with %s; embedder on %s; index on %s", opened.version_dir,
+                 opened.faiss_index.ntotal, manifest["counts"]["items"], embedder.model.spec,
+                 " ".join(embedder.plan.describe().values()), engine.index_placement)
+        return engine
+
+    @classmethod
+    def from_settings(cls, settings, reuse: Embedder | None = None) -> "SearchEngine":
+        return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device,
+                        reuse=reuse)
+
+    @property
+    def version(self) -> str:
+        return self.index.version_dir.name
+
+    def embed(self, image_bytes: bytes, box: Box | None = None) -> np.ndarray:
+        return self.embedder.embed(self.embedder.decode(image_bytes, box).unsqueeze(0))
 
     def search(self, image_bytes: bytes, k: int, box: Box | None = None,
                category: str | None = None) -> tuple[list[SearchHit], dict[str, float]]:
+        """One upload, start to end, in the calling thread (the service batches instead)."""
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        query = self.embed(image_bytes, box)
+        tensor = self.embedder.decode(image_bytes, box)
         t1 = time.perf_counter()
-        hits = self.search_vector(query, k, category=category)
-        t2 = time.perf_counter()
-        return hits, {"embed_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3}
+        query = self.embedder.embed(tensor.unsqueeze(0))
+        timings |= {"decode_ms": (t1 - t0) * 1e3, "embed_ms": (time.perf_counter() - t1) * 1e3}
+        hits = self.search_vector(query, k, category=category, timings=timings)
+        return hits, timings
 
-    def search_vector(self, query: np.ndarray, k: int, category: str | None = None) -> list[SearchHit]:
-        """Top k distinct items: an item with several photos appears once, with its best score."""
+    def search_vector(self, query: np.ndarray, k: int, category: str | None = None,
+                      timings: dict[str, float] | None = None) -> list[SearchHit]:
+        """Top k distinct items: an item with several photos appears once, with its best score.
+
+        `timings` gets search_ms (FAISS) and metadata_ms (SQLite) added when given."""
+        started = time.perf_counter()
+        metadata_s = 0.0
         faiss_index = self.index.faiss_index
         allowed = None if category is None else self._vector_ids_where("category", category)
         total = faiss_index.ntotal if allowed is None else len(allowed)
         if total == 0:
+            if timings is not None:
+                timings |= {"search_ms": (time.perf_counter() - started) * 1e3, "metadata_ms": 0.0}
             return []
         fetch, widen, can_widen = min(total, k * 4), 1, False
         while True:
@@ -109,7 +156,9 @@ class SearchEngine:
             # answer does not depend on FAISS' heap order.
             pairs = sorted(((int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0),
                            key=lambda pair: (-pair[1], pair[0]))
+            t_meta = time.perf_counter()
             rows = self.index.metadata.images_for_vectors([i for i, _ in pairs])
+            metadata_s += time.perf_counter() - t_meta
             best: dict[str, tuple[float, str]] = {}
             for vector_id, score in pairs:  # best first, so the first seen wins
                 item_id, path = rows[vector_id]
@@ -119,7 +168,12 @@ class SearchEngine:
                 break
             fetch, widen = min(total, fetch * 4), widen * 4
         chosen = list(best.items())[:k]
+        t_meta = time.perf_counter()
         attributes = self.index.metadata.items([item_id for item_id, _ in chosen])
+        metadata_s += time.perf_counter() - t_meta
+        if timings is not None:
+            timings["search_ms"] = (time.perf_counter() - started - metadata_s) * 1e3
+            timings["metadata_ms"] = metadata_s * 1e3
         return [SearchHit(item_id=item_id, score=score, image_path=path, attributes=attributes.get(item_id, {}))
                 for item_id, (score, path) in chosen]
 
@@ -131,7 +185,7 @@ class SearchEngine:
         return {
             "model": {"spec": self.model.spec, "checksum": self.model.checksum,
                       "dim": self.model.model.embedding_dim} | self.plan.describe(),
-            "index": {"version": self.index.version_dir.name, "vectors": int(self.index.faiss_index.ntotal),
+            "index": {"version": self.version, "vectors": int(self.index.faiss_index.ntotal),
                       "items": manifest["counts"]["items"], "factory": manifest["index_factory"],
                       "placement": self.index_placement,
                       "built_at": manifest["built_at"]},

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,3 +65,49 @@ class UploadLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Capacity:
+    """How many searches may be in flight at once, and how many are (read by /stats and /metrics)."""
+
+    limit: int
+    in_flight: int = 0
+    rejected: int = 0
+
+
+class InFlightLimitMiddleware:
+    """At most `capacity.limit` requests to `paths` at once; past it, 503 with Retry-After at once,
+    before the upload is read, so a traffic spike costs a bounded amount of memory and a fast answer.
+
+    Runs on the event loop only, so plain counters are exact."""
+
+    def __init__(self, app: ASGIApp, capacity: Capacity, paths: tuple[str, ...] = ("/search",),
+                 retry_after_s: int = 1, on_reject: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.on_reject = on_reject
+        self.capacity = capacity
+        self.paths = paths
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        capacity = self.capacity
+        if capacity.in_flight >= capacity.limit:
+            capacity.rejected += 1
+            if self.on_reject is not None:
+                self.on_reject()
+            body = json.dumps({"detail": f"the service is at capacity ({capacity.limit} searches in flight); "
+                                         f"retry in {self.retry_after_s} s"}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"retry-after", str(self.retry_after_s).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        capacity.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            capacity.in_flight -= 1

@@ -6,28 +6,36 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+import anyio
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from model import ImageDecodeError
 from model.preprocessing import Box, BoxError
 
 from .engine import SearchEngine, SearchHit
+from .runtime import Services
 from .settings import Settings
 from .uploads import read_photo_upload
 
 router = APIRouter()
 
 
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
 def get_engine(request: Request) -> SearchEngine:
-    return request.app.state.engine
+    """The engine current when the request starts; it stays this request's even across a reload."""
+    return request.app.state.services.holder.engine
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+ServicesDep = Annotated[Services, Depends(get_services)]
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -44,6 +52,7 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     took_ms: float
     timings_ms: dict[str, float]
+    index_version: str
 
 
 def item_image_url(item_id: str) -> str:
@@ -61,6 +70,7 @@ def _result(hit: SearchHit) -> SearchResult:
 async def search(
     request: Request,
     engine: EngineDep,
+    services: ServicesDep,
     settings: SettingsDep,
     image: Annotated[UploadFile, File(description="the shopper's photo (JPEG, PNG, WebP, BMP, GIF, TIFF)")],
     k: Annotated[int | None, Query(ge=1, le=100, description="number of distinct items to return (default 10)")] = None,
@@ -77,15 +87,26 @@ async def search(
     except BoxError as exc:
         raise HTTPException(422, str(exc)) from None
     data = await read_photo_upload(request, image)
-    read_ms = (time.perf_counter() - started) * 1e3
+    timings = {"read_ms": (time.perf_counter() - started) * 1e3}
+    t0 = time.perf_counter()
     try:
-        hits, timings = await run_in_threadpool(engine.search, data, k, region, category or None)
+        # Off the event loop, and only so many at once: a full-size decode can take 100+ MB.
+        tensor = await anyio.to_thread.run_sync(engine.embedder.decode, data, region, limiter=services.decode_slots)
     except BoxError as exc:
         raise HTTPException(422, str(exc)) from None
     except ImageDecodeError as exc:
+        request.state.error = str(exc)
         raise HTTPException(400, f"cannot use this upload as a photo: {exc}") from None
-    return SearchResponse(results=[_result(h) for h in hits], took_ms=round((time.perf_counter() - started) * 1e3, 2),
-                          timings_ms={"read": round(read_ms, 2)} | {k_: round(v, 2) for k_, v in timings.items()})
+    timings["decode_ms"] = (time.perf_counter() - t0) * 1e3
+    embedded = await services.batcher.embed(engine.embedder, tensor)
+    timings |= {"queue_ms": embedded.queue_ms, "embed_ms": embedded.embed_ms}
+    hits = await run_in_threadpool(engine.search_vector, embedded.vector, k, category or None, timings)
+    took_ms = (time.perf_counter() - started) * 1e3
+    services.metrics.observe_search(timings, took_ms)
+    rounded = {name: round(value, 2) for name, value in timings.items()}
+    request.state.timings_ms = rounded | {"batch_size": embedded.batch_size}
+    return SearchResponse(results=[_result(h) for h in hits], took_ms=round(took_ms, 2), timings_ms=rounded,
+                          index_version=engine.version)
 
 
 @router.get("/items/{item_id}", summary="Metadata of one catalogue item")
@@ -116,6 +137,36 @@ def categories(engine: EngineDep) -> dict:
     return {"field": "category", "values": [{"value": v, "items": n} for v, n in engine.categories()]}
 
 
-@router.get("/healthz", summary="What is loaded")
+@router.get("/healthz", summary="Liveness, and what is loaded")
 def healthz(engine: EngineDep) -> dict:
     return {"status": "ok"} | engine.describe()
+
+
+@router.get("/readyz", summary="Whether searches are answered, from which index version",
+            responses={503: {"description": "not serving (yet)"}})
+def readyz(request: Request) -> JSONResponse:
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return JSONResponse({"ready": False, "reason": "the index is not loaded yet"}, status_code=503)
+    engine = services.holder.engine
+    published = services.holder.published_version()
+    last = services.holder.last_reload
+    return JSONResponse({
+        "ready": True, "index_version": engine.version, "vectors": int(engine.index.faiss_index.ntotal),
+        "items": engine.index.manifest["counts"]["items"], "model": engine.model.spec,
+        "published_version": published.name if published else None,
+        "last_reload": last.to_dict() if last else None,
+    } | services.live_numbers())
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats", summary="Recent per-step search timings (p50/p95/p99) and load, as JSON")
+def stats(services: ServicesDep) -> dict:
+    engine = services.holder.engine
+    return services.metrics.summary(services.live_numbers()) | {"index_version": engine.version}

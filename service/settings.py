@@ -21,6 +21,16 @@ class Settings:
     default_k: int = 10
     max_k: int = 100
     log_level: str = "info"
+    log_format: str = "json"  # json: one object per line with the request id; text: for a terminal
+    # Searches admitted at once (reading, decoding, queued or embedding); past it 503 + Retry-After,
+    # so a spike costs at most this many uploads of memory instead of an unbounded queue.
+    max_in_flight: int = 64
+    decode_threads: int = 0  # photos decoded at once off the event loop; 0: one per CPU core
+    batch_max_size: int = 16  # embeddings computed in one forward pass at most
+    batch_max_wait_ms: float = 0.0  # wait this long for a batch to fill; 0: take what is queued
+    reload_poll_s: float = 2.0  # how often to look for a newly published index version; 0: never
+    admin_token: str = ""  # bearer token of the /admin endpoints; empty: they are disabled
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser; none by default
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -42,13 +52,30 @@ class Settings:
             raise ValueError("max_upload_bytes must be at least 1024")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError("default_k must lie between 1 and max_k")
+        if self.max_in_flight < 1 or self.batch_max_size < 1 or self.decode_threads < 0:
+            raise ValueError("max_in_flight and batch_max_size must be at least 1, decode_threads at least 0")
+        if self.batch_max_wait_ms < 0 or self.reload_poll_s < 0:
+            raise ValueError("batch_max_wait_ms and reload_poll_s cannot be negative")
+        if self.log_format not in ("json", "text"):
+            raise ValueError("log_format must be json or text")
+        if self.admin_token and len(self.admin_token) < 16:
+            raise ValueError("admin_token must be at least 16 characters (or empty to disable /admin)")
+
+    def __repr__(self) -> str:  # logged at start-up: never print the token
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["admin_token"] = "***" if self.admin_token else ""
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
 
 
 def _coerce(name: str, raw: str, default):
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     if isinstance(default, bool):
         return raw.lower() in ("1", "true", "yes", "on")
     if isinstance(default, int):
         return int(raw)
+    if isinstance(default, float):
+        return float(raw)
     if isinstance(default, Path):
         return Path(raw)
     return raw

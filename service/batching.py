@@ -1,0 +1,121 @@
+"""Micro-batching: concurrent searches share forward passes instead of queueing one pass each.
+
+One worker thread owns the model. It blocks for the first queued photo, then takes whatever else
+is already waiting (up to `max_size`, optionally waiting `max_wait_ms` for more) and embeds them
+together. A lone request therefore never waits for company, while under load each forward pass
+carries many photos, which is where a GPU (and, less so, a CPU) gets its throughput.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger("snap2shop.service")
+
+_STOP = object()
+
+
+@dataclass
+class _Job:
+    embedder: object  # jobs are grouped by embedder: a hot reload may swap models mid-queue
+    tensor: torch.Tensor
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vector: np.ndarray  # (1, D)
+    queue_ms: float  # waiting for the worker
+    embed_ms: float  # the forward pass this photo rode in
+    batch_size: int
+
+
+class MicroBatcher:
+    def __init__(self, max_size: int = 16, max_wait_ms: float = 0.0,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.max_size = max_size
+        self.max_wait_s = max_wait_ms / 1e3
+        self._on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="embedder", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        """Photos waiting for a forward pass."""
+        return self._queue.qsize()
+
+    async def embed(self, embedder, tensor: torch.Tensor) -> EmbedResult:
+        """The unit vector of one preprocessed photo, computed in a shared batch."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Job(embedder, tensor, future, loop))
+        return await future
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        pending: list[_Job] = []
+        while True:
+            first = pending.pop(0) if pending else self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._collect(first, pending)
+            self._embed(batch)
+            if stop:
+                return
+
+    def _collect(self, first: _Job, pending: list[_Job]) -> tuple[list[_Job], bool]:
+        """`first` plus queued jobs of the same embedder; jobs of another go back to `pending`."""
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_size:
+            try:
+                remaining = deadline - time.perf_counter()
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                return batch, True
+            if job.embedder is first.embedder:
+                batch.append(job)
+            else:
+                pending.append(job)
+        return batch, False
+
+    def _embed(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            vectors = batch[0].embedder.embed(torch.stack([job.tensor for job in batch]))
+        except Exception as exc:  # the requests get the error; the worker lives on
+            log.exception("embedding a batch of %d failed", len(batch))
+            for job in batch:
+                job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+            return
+        embed_ms = (time.perf_counter() - started) * 1e3
+        if self._on_batch is not None:
+            self._on_batch(len(batch), embed_ms)
+        for i, job in enumerate(batch):
+            result = EmbedResult(vector=vectors[i:i + 1], queue_ms=(started - job.enqueued) * 1e3,
+                                 embed_ms=embed_ms, batch_size=len(batch))
+            job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+
+
+def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if future.done():  # the client went away and its request was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
