@@ -1,4 +1,14 @@
-"""`python -m indexer build|info`."""
+"""`python -m indexer build|add|remove|verify|info`: make, change, check and describe a search index.
+
+build   encode a whole catalogue into a new index version
+add     encode only new photos (files, or a CSV) and publish them as a new version
+remove  publish a version without some items, re-encoding nothing
+verify  check that an index's files agree with each other (--deep: with the photos and the model too)
+info    print what an index holds
+
+Every change is written beside the live version and published atomically: a writer that fails or is
+killed leaves the previous version live and intact.
+"""
 from __future__ import annotations
 
 from venv_guard import ensure_dependencies
@@ -8,6 +18,7 @@ ensure_dependencies("indexer")
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -22,7 +33,8 @@ def _positive_int(text: str) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m indexer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     build = verbs.add_parser("build", help="encode catalogue photos into a new index version")
@@ -31,18 +43,47 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, required=True, help="index folder (created; replaced atomically)")
     build.add_argument("--model", default=DEFAULT_MODEL_SPEC,
                        help="backbone name (efficientnet-lite0, resnet50[:imagenet|none|PATH], ...) or a .safetensors checkpoint")
-    build.add_argument("--batch-size", type=_positive_int, default=32)
-    build.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    build.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="auto: bf16 autocast on a GPU, fp32 on the CPU")
     build.add_argument("--index-factory", default="Flat", help="FAISS index factory string (default: exact search)")
-    build.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, CPUs))")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_encoding_options(build)
+
+    add = verbs.add_parser("add", help="encode new photos and publish them as a new version of an index",
+                           description="Photos already in the index (same bytes, under any item) are not "
+                                       "encoded again; adding nothing new publishes nothing.")
+    add.add_argument("index", type=Path, help="index folder (the one holding `current`)")
+    add.add_argument("--images", type=Path,
+                     help="folder of new photos (item id = file stem), or the root of --catalog's relative paths")
+    add.add_argument("--catalog", type=Path, help="CSV path,item_id[,category,title,...] of the photos to add")
+    add.add_argument("--model", default=None,
+                     help="where the index's model is now (default: the one its manifest names); "
+                          "its weights must be the ones the index was built with")
+    _add_encoding_options(add)
+
+    remove = verbs.add_parser("remove", help="publish a version of an index without some items")
+    remove.add_argument("index", type=Path, help="index folder (the one holding `current`)")
+    remove.add_argument("item_ids", nargs="*", metavar="ID", help="item ids to remove, with all their photos")
+    remove.add_argument("--item-ids", type=Path, dest="item_ids_file", metavar="FILE",
+                        help="file of item ids, one per line (blank lines and # comments ignored)")
+
+    verify = verbs.add_parser("verify", help="check an index's files agree; exit 0 consistent, 1 problems, 2 unusable")
+    verify.add_argument("index", type=Path)
+    verify.add_argument("--deep", action="store_true",
+                        help="also hash every photo and re-embed a sample with the index's model")
+    verify.add_argument("--sample", type=_positive_int, default=20, help="photos re-embedded by --deep (default 20)")
+    verify.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="for --deep's re-embedding")
 
     info = verbs.add_parser("info", help="print what an index holds")
     info.add_argument("index", type=Path)
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     return parser
+
+
+def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on a GPU, fp32 on the CPU")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, CPUs))")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -62,10 +103,76 @@ def cmd_build(args: argparse.Namespace) -> int:
     counts, timings = manifest["counts"], manifest["timings"]
     print(f"indexed {counts['vectors']} photos of {counts['items']} items into {args.out} "
           f"({version.name}) in {timings['total_s']:.1f}s, {timings['images_per_s']:.1f} img/s")
-    if manifest["skipped"]:
-        print(f"skipped {len(manifest['skipped'])} photos:", file=sys.stderr)
-        for skip in manifest["skipped"]:
+    _print_skipped(manifest["skipped"])
+    return 0
+
+
+def _print_skipped(skipped: list[dict]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} photos:", file=sys.stderr)
+        for skip in skipped:
             print(f"  {skip['path']}: {skip['reason']}", file=sys.stderr)
+
+
+ALREADY_INDEXED_SHOWN = 20  # re-adding a whole catalogue would otherwise print every photo
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from .add import AddOptions, add_photos
+
+    result = add_photos(AddOptions(
+        index=args.index, images=args.images, catalog=args.catalog, model_spec=args.model,
+        batch_size=args.batch_size, device=args.device, precision=args.precision,
+        workers=args.workers, progress=not args.quiet,
+    ))
+    already = result.already_indexed
+    if already:
+        print(f"{len(already)} photos already indexed, not added again:", file=sys.stderr)
+        for entry in already[:ALREADY_INDEXED_SHOWN]:
+            print(f"  {entry['path']}: {entry['reason']}", file=sys.stderr)
+        if len(already) > ALREADY_INDEXED_SHOWN:
+            print(f"  ... and {len(already) - ALREADY_INDEXED_SHOWN} more", file=sys.stderr)
+    _print_skipped(result.skipped)
+    if result.version is None:
+        unused = f", {len(result.skipped)} could not be added" if result.skipped else ""
+        print(f"nothing to add: {len(already)} of the {result.photos_found} photos are already indexed{unused}; "
+              f"{args.index} is unchanged ({result.vectors} photos of {result.items} items)")
+        return 0
+    print(f"added {result.added_vectors} photos ({result.added_items} new items) to {args.index} "
+          f"({result.version.name}); it now holds {result.vectors} photos of {result.items} items")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .remove import read_item_ids_file, remove_items
+    from .store import IndexUpdateError
+
+    item_ids = list(args.item_ids) + (read_item_ids_file(args.item_ids_file) if args.item_ids_file else [])
+    if not item_ids:
+        raise IndexUpdateError("give item ids, or --item-ids FILE with one id per line")
+    result = remove_items(args.index, item_ids)
+    if result.unknown_items:
+        print(f"{len(result.unknown_items)} item ids are not in the index, ignored: "
+              f"{', '.join(result.unknown_items)}", file=sys.stderr)
+    print(f"removed {len(result.removed_items)} items ({result.removed_vectors} photos) from {args.index} "
+          f"({result.version.name}); it now holds {result.vectors} photos of {result.items} items")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .store import read_manifest
+    from .verify import verify_index
+
+    version_dir, manifest = read_manifest(args.index)
+    problems = verify_index(args.index, deep=args.deep, sample=args.sample, device=args.device)
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        print(f"{args.index} ({version_dir.name}): {len(problems)} problems", file=sys.stderr)
+        return 1
+    counts = manifest["counts"]
+    print(f"ok: {args.index} ({version_dir.name}) is consistent: {counts['vectors']} vectors, "
+          f"{counts['items']} items" + ("; photos hashed and a sample re-embedded" if args.deep else ""))
     return 0
 
 
@@ -81,6 +188,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines = [
         ("version", opened.version_dir.name),
         ("built", manifest["built_at"]),
+        *([("updated", f"{manifest['updated_at']} ({len(manifest.get('history', []))} changes since the build)")]
+          if "updated_at" in manifest else []),
         ("model", f"{manifest['model']['spec']} (weights sha256 {manifest['model']['checksum'][:12]})"),
         ("embedding", f"{manifest['dim']} dims, {manifest['metric']}, faiss '{manifest['index_factory']}'"),
         ("preprocessing", json.dumps(manifest["preprocessing"])),
@@ -104,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .catalog import CatalogError
     from .layout import IndexLayoutError
-    from .store import IndexBuildError, IndexOpenError
+    from .store import IndexBuildError, IndexOpenError, IndexUpdateError
 
+    verbs = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "verify": cmd_verify, "info": cmd_info}
     try:
-        return {"build": cmd_build, "info": cmd_info}[args.verb](args)
-    except (CatalogError, IndexLayoutError, IndexBuildError, IndexOpenError, CheckpointError,
-            WeightsUnavailableError, ValueError, RuntimeError) as exc:
+        return verbs[args.verb](args)
+    except (CatalogError, IndexLayoutError, IndexBuildError, IndexOpenError, IndexUpdateError, CheckpointError,
+            WeightsUnavailableError, ValueError, RuntimeError, OSError, sqlite3.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

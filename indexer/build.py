@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,12 @@ from model import DEFAULT_MODEL_SPEC, LoadedModel, load_model
 from model.inference import plan_inference, resolve_device
 
 from . import __version__
-from .catalog import CatalogEntry, entries_from_csv, entries_from_folder, image_root_for, relative_to_root
+from .catalog import CatalogEntry, image_root_for, relative_to_root
 from .encode import EncodeResult, encode_paths
-from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, new_staging_dir, publish, writer_lock
-from .store import (DEFAULT_INDEX_FACTORY, INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, IndexBuildError,
-                    build_faiss_index, make_faiss_index, write_faiss, write_manifest, write_metadata)
+from .ingest import read_entries, require_some_usable, skipped_photos
+from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
+from .store import (DEFAULT_INDEX_FACTORY, INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, build_faiss_index,
+                    cross_item_duplicates, make_faiss_index, write_faiss, write_manifest, write_metadata)
 
 log = logging.getLogger("snap2shop.indexer")
 
@@ -39,45 +39,27 @@ class BuildOptions:
 
 
 def read_catalog(options: BuildOptions) -> list[CatalogEntry]:
-    if options.catalog:
-        return entries_from_csv(options.catalog, options.images)
-    if options.images:
-        return entries_from_folder(options.images)
-    raise IndexBuildError("give --images DIR, --catalog CSV, or both")
+    return read_entries(options.images, options.catalog)
 
 
 def build_index(options: BuildOptions) -> Path:
     """Encode the catalogue and publish a new index version. Returns the version folder."""
     started = time.perf_counter()
     entries = read_catalog(options)
-    if not entries:
-        raise IndexBuildError(f"no photos found ({', '.join(('.jpg', '.jpeg', '.png', '.webp', '.bmp'))}) "
-                              f"in {options.catalog or options.images}")
     device = resolve_device(options.device)
     log.info("encoding %d photos on %s", len(entries), device)
     loaded = load_model(options.model_spec)
     make_faiss_index(loaded.model.embedding_dim, options.index_factory)  # fail on a typo before encoding
 
     out = Path(options.out)
-    with writer_lock(out):
+    with writer_lock(out), staged_version(out) as staging:
         encoded = encode_paths([e.path for e in entries], loaded, batch_size=options.batch_size,
                                device=device, workers=options.workers, progress=options.progress,
                                plan=plan_inference(device, options.precision))
-        skipped = [{"path": str(entries[i].path), "reason": reason} for i, reason in encoded.failures]
-        if len(encoded.ok_indices) == 0:
-            raise IndexBuildError(
-                f"none of the {len(entries)} photos could be encoded; first errors: "
-                + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
-            )
-        staging = new_staging_dir(out)
-        try:
-            _write_version(staging, options, entries, encoded, loaded, device, skipped, started)
-            version = publish(out, staging)
-        except BaseException:
-            # A failed or interrupted build leaves nothing behind; `current` was never touched.
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return version
+        skipped = skipped_photos(entries, encoded)
+        require_some_usable(len(entries), len(encoded.ok_indices), skipped)
+        _write_version(staging, options, entries, encoded, loaded, device, skipped, started)
+        return publish(out, staging)
 
 
 def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEntry], encoded: EncodeResult,
@@ -92,7 +74,7 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
                      attributes=entries[i].attributes, sha256=digest)
             for vid, (i, digest) in enumerate(zip(encoded.ok_indices.tolist(), encoded.sha256))]
     item_count = write_metadata(staging / METADATA_FILE, rows)
-    duplicates = _cross_item_duplicates(rows)
+    duplicates = cross_item_duplicates((row.sha256, row.item_id) for row in rows)
     if duplicates:
         log.warning("%d groups of different items share byte-identical photos (e.g. %s); "
                     "search cannot tell them apart", len(duplicates), ", ".join(duplicates[0]))
@@ -116,10 +98,3 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
                                       "total_s": round(time.perf_counter() - started, 3)},
         "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
     })
-
-
-def _cross_item_duplicates(rows: list[ImageRow]) -> list[list[str]]:
-    by_hash: dict[str, set[str]] = {}
-    for row in rows:
-        by_hash.setdefault(row.sha256, set()).add(row.item_id)
-    return sorted(sorted(items) for items in by_hash.values() if len(items) > 1)

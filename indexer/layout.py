@@ -5,7 +5,8 @@
 
 A new version is written in a staging folder beside the others and published by replacing the
 symlink with os.replace, which is atomic: a reader sees the old complete index or the new complete
-one, never a half-written one, and a build killed mid-way leaves `current` untouched.
+one, never a half-written one, and a writer (build, add, remove) killed mid-way leaves `current`
+untouched.
 """
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ def resolve_version_dir(index_dir: str | Path) -> Path:
     raise IndexLayoutError(f"{index_dir} is not a snap2shop index (no {CURRENT} link, no {MANIFEST})")
 
 
+def require_index_folder(index_dir: Path) -> None:
+    """Changing an index needs the folder holding `current`, not a version folder or a new one."""
+    resolve_version_dir(index_dir)  # its errors say what is missing
+    if not (index_dir / CURRENT).is_symlink():
+        raise IndexLayoutError(f"{index_dir} is a version folder; give the index folder that holds its "
+                               f"`{CURRENT}` link ({index_dir.parent})")
+
+
 @contextlib.contextmanager
 def writer_lock(index_dir: Path) -> Iterator[None]:
     """One writer per index folder: a second one is refused rather than interleaved.
@@ -83,6 +92,22 @@ def new_staging_dir(index_dir: Path) -> Path:
     staging = index_dir / f"{_STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
     staging.mkdir()
     return staging
+
+
+@contextlib.contextmanager
+def staged_version(index_dir: Path) -> Iterator[Path]:
+    """A staging folder for the next version, gone afterwards unless `publish` renamed it.
+
+    It exists from the start of the write, so a writer killed at any point leaves it behind for the
+    next writer to remove; one that fails or is interrupted in-process removes it itself.
+    """
+    staging = new_staging_dir(index_dir)
+    try:
+        yield staging
+    finally:
+        # After a successful publish the folder was renamed into a version, so nothing is left here.
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def publish(index_dir: Path, staging: Path) -> Path:

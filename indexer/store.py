@@ -21,6 +21,10 @@ class IndexBuildError(RuntimeError):
     """The vectors could not be turned into the requested FAISS index."""
 
 
+class IndexUpdateError(RuntimeError):
+    """An add or remove cannot be applied; the live index is left as it was."""
+
+
 class IndexOpenError(RuntimeError):
     """An index folder cannot be served: missing, corrupt or inconsistent files."""
 
@@ -93,6 +97,14 @@ def write_metadata(path: Path, rows: Iterable[ImageRow]) -> int:
         return len(items)
     finally:
         conn.close()
+
+
+def cross_item_duplicates(hashes_and_items: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Groups of different items that share a byte-identical photo: search cannot tell them apart."""
+    by_hash: dict[str, set[str]] = {}
+    for digest, item_id in hashes_and_items:
+        by_hash.setdefault(digest, set()).add(item_id)
+    return sorted(sorted(items) for items in by_hash.values() if len(items) > 1)
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

@@ -42,6 +42,22 @@ def tiny_index(tmp_path_factory, tiny_checkpoint, synthetic_catalog) -> Path:
     return out
 
 
+@pytest.fixture
+def idx(tmp_path, tiny_index) -> Path:
+    """A private copy of tiny_index, free to change."""
+    from .test_indexer import _copy_index
+
+    return _copy_index(tiny_index, tmp_path / "idx")
+
+
+@pytest.fixture
+def new_folder(tmp_path) -> Path:
+    """Three small photos that tiny_index does not hold."""
+    from .test_indexer import _folder
+
+    return _folder(tmp_path / "new", ["new-1.jpg", "new-2.png", "sub/new-3.jpg"])
+
+
 def edit_manifest(index_dir: Path, edit) -> None:
     """Rewrite the live version's manifest.json through `edit(manifest_dict)` (for damage tests)."""
     import json
