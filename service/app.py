@@ -5,6 +5,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
@@ -15,6 +16,7 @@ from .observability import RequestObservationMiddleware, ServiceMetrics
 from .routes import router
 from .runtime import start_services, stop_services
 from .settings import Settings
+from .uploads import explain_validation_error
 
 log = logging.getLogger("snap2shop.service")
 
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None, engine: SearchEngine | None = N
     app.include_router(admin.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
+    app.add_exception_handler(RequestValidationError, explain_validation_error)
     app.add_exception_handler(Exception, _internal_error)
     # Added innermost first: ids and logs wrap everything, so 413s and 503s are counted and logged too.
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from model import ImageDecodeError
-from model.preprocessing import Box, BoxError
+from model.preprocessing import SUPPORTED_FORMAT_NAMES, Box, BoxError
 
 from .engine import SearchEngine, SearchHit
 from .runtime import Services
@@ -66,13 +66,15 @@ def _result(hit: SearchHit) -> SearchResult:
 
 
 @router.post("/search", response_model=SearchResponse, summary="Find the catalogue items shown in a photo",
-             responses={400: {"description": "not a usable image"}, 413: {"description": "upload too large"}})
+             responses={400: {"description": "not a usable image"}, 413: {"description": "upload too large"},
+                        422: {"description": "no single photo in field `image`, or a bad k or box"},
+                        503: {"description": "at capacity; retry after the Retry-After header's seconds"}})
 async def search(
     request: Request,
     engine: EngineDep,
     services: ServicesDep,
     settings: SettingsDep,
-    image: Annotated[UploadFile, File(description="the shopper's photo (JPEG, PNG, WebP, BMP, GIF, TIFF)")],
+    image: Annotated[UploadFile, File(description=f"the shopper's photo ({SUPPORTED_FORMAT_NAMES})")],
     k: Annotated[int | None, Query(ge=1, le=100, description="number of distinct items to return (default 10)")] = None,
     box: Annotated[str | None, Query(description="search only this region: x0,y0,x1,y1 in the photo's "
                                                  "own pixels, after EXIF rotation", examples=["120,80,520,640"])] = None,

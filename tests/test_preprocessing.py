@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, features
 
 from model import ImageDecodeError, Preprocessing, build_transform, load_image
 from model.backbones import LITE_MEAN, LITE_STD
-from model.preprocessing import MAX_PIXELS, load_and_transform, resize_to_input, to_tensor
+from model.preprocessing import (IMAGE_SUFFIXES, MAX_PIXELS, SUPPORTED_FORMAT_NAMES, SUPPORTED_FORMATS,
+                                 load_and_transform, resize_to_input, to_tensor)
 
 from .conftest import TINY_PREP
 
@@ -353,3 +355,206 @@ def test_dark_16bit_greyscale_png_stays_dark():
             pytest.fail(f"Pillow decoded a 16-bit PNG as {raw.mode}; the test needs I;16")
     grey = [load_image(data).getpixel((x, 0))[0] for x in range(3)]
     assert grey == [0, 0, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# formats from phones, the supported list, and what unusable uploads are called
+
+
+def test_supported_formats_and_the_error_message_agree():
+    assert {"JPEG", "PNG", "WEBP", "HEIF", "GIF", "BMP", "TIFF"} <= set(SUPPORTED_FORMATS)
+    assert ("AVIF" in SUPPORTED_FORMATS) == features.check("avif")
+    names = {"WEBP": "WebP", "HEIF": "HEIC/HEIF", "MPO": "JPEG"}
+    listed = SUPPORTED_FORMAT_NAMES.split(", ")
+    assert sorted(listed) == sorted({names.get(f, f) for f in SUPPORTED_FORMATS})
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(_encode(Image.new("RGB", (8, 8)), "TGA"))
+    assert str(info.value).endswith("supported: " + SUPPORTED_FORMAT_NAMES)
+    assert {".heic", ".heif"} <= set(IMAGE_SUFFIXES)  # catalogue folders pick up iPhone photos
+
+
+def test_heic_decodes_with_its_colours():
+    data = _encode(_stripes(96, 64, [RED, GREEN, BLUE]), "HEIF", quality=95)
+    assert data[4:12] == b"ftypheic"
+    img = load_image(data)
+    assert img.mode == "RGB" and img.size == (96, 64)
+    assert _close(img.getpixel((10, 32)), RED, tol=20)
+    assert _close(img.getpixel((48, 32)), GREEN, tol=20)
+    assert _close(img.getpixel((85, 32)), BLUE, tol=20)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "WEBP", "PNG", "TIFF"])
+def test_orientation_is_honoured_in_every_container(fmt):
+    if fmt not in SUPPORTED_FORMATS:
+        pytest.skip(f"this Pillow build has no {fmt} support")
+    upright = Image.new("RGB", (48, 96), GREY)
+    upright.paste(RED, (0, 0, 16, 16))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(upright.transpose(Image.Transpose.ROTATE_90), fmt, exif=exif.tobytes())
+    img = load_image(data)
+    assert img.size == (48, 96)
+    assert _close(img.getpixel((6, 6)), RED, tol=30) and _close(img.getpixel((41, 89)), GREY, tol=30)
+
+
+def test_damaged_exif_does_not_cost_the_photo():
+    # XResolution stored as text: ImageOps.exif_transpose raised TypeError here.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x011A] = 72.0
+    raw = bytearray(exif.tobytes())
+    entry = raw.find(b"\x01\x1a\x00\x05")
+    raw[entry + 2:entry + 4] = b"\x00\x02"
+    upright = Image.new("RGB", (48, 96), GREY)
+    upright.paste(RED, (0, 0, 16, 16))
+    img = load_image(_encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=bytes(raw)))
+    assert img.size == (48, 96) and _close(img.getpixel((6, 6)), RED)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated_images_give_their_first_frame(fmt):
+    frames = [Image.new("RGB", (32, 24), colour) for colour in (RED, GREEN, BLUE)]
+    data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(io.BytesIO(data)) as raw:
+        assert raw.is_animated
+    img = load_image(data)
+    assert img.size == (32, 24) and _close(img.getpixel((16, 12)), RED)
+
+
+def test_colour_key_transparency_composites_on_white():
+    rgb = Image.new("RGB", (4, 4), GREEN)
+    rgb.putpixel((0, 0), RED)
+    out = load_image(_encode(rgb, "PNG", transparency=GREEN))
+    assert out.getpixel((0, 0)) == RED and out.getpixel((3, 3)) == (255, 255, 255)
+    grey = Image.new("L", (4, 4), 7)
+    assert load_image(_encode(grey, "PNG", transparency=7)).getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_16bit_colour_png_keeps_its_colours():
+    photo = _noise(20, 12, seed=5)
+    rgb16 = np.asarray(photo, dtype=np.uint16) * 257
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(12))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20, 12, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    assert np.array_equal(np.asarray(load_image(data)), np.asarray(photo))
+
+
+@pytest.mark.parametrize("payload, named", [
+    (b"", "the file is empty"),
+    (b"%PDF-1.4\n1 0 obj\n", "this is a PDF document"),
+    (b"PK\x03\x04" + b"\x00" * 30, "this is a ZIP archive"),
+    (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41", "this is a video"),
+    (b"\xef\xbb\xbf  <svg xmlns='http://www.w3.org/2000/svg'/>", "unsupported image format SVG"),
+    (b"<html><body>oops</body></html>", "this is an HTML page"),
+    (b"data:image/png;base64,iVBORw0KGgo=", "base64"),
+    # longer than the sniffed prefix, which ends inside the two bytes of an "é"
+    (b"x" * 2047 + "\u00e9 and more text".encode(), "this is plain text"),
+    (b"\x00\x01\x02\x03" * 50, "not an image, or not a supported format"),
+], ids=["empty", "pdf", "zip", "mp4", "svg-with-bom", "html", "data-url", "long-text", "binary"])
+def test_unidentified_uploads_say_what_they_are(payload, named):
+    with pytest.raises(ImageDecodeError, match=re.escape(named)):
+        load_image(payload)
+
+
+def test_files_on_disk_are_named_too(tmp_path):
+    path = tmp_path / "looks-like.jpg"
+    path.write_bytes(b"%PDF-1.4\n")
+    with pytest.raises(ImageDecodeError, match="PDF document"):
+        load_image(path)
+
+
+def test_truncated_heif_and_avif_are_called_corrupt():
+    heic = _encode(_noise(40, 30), "HEIF")
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        load_image(heic[:len(heic) // 2])
+    if "AVIF" in SUPPORTED_FORMATS:
+        avif = _encode(_noise(40, 30), "AVIF")
+        with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+            load_image(avif[:len(avif) // 2])
+
+
+# --------------------------------------------------------------------------------------------
+# the pixel limit, in every container
+
+
+def _animated(fmt: str) -> bytes:
+    frames = [_noise(100, 80, seed=i) for i in range(3)]
+    return _encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _encode(_noise(100, 80), "GIF"),
+    lambda: _animated("GIF"),
+    lambda: _animated("PNG"),
+    lambda: _encode(_noise(100, 80), "TIFF"),
+    lambda: _encode(_noise(100, 80), "BMP"),
+    lambda: _encode(_noise(100, 80), "HEIF"),
+    lambda: _encode(_noise(100, 80), "MPO", save_all=True, append_images=[_noise(100, 80, seed=1)]),
+], ids=["gif", "animated-gif", "apng", "tiff", "bmp", "heif", "mpo"])
+def test_pixel_limit_comes_before_decoding_in_every_container(make):
+    # A sixth of the file, inside the first frame's pixel data: decoding it would fail as
+    # truncated, so an error naming the size proves nothing was decoded.
+    data = make()
+    cut = data[:len(data) // 6]
+    with pytest.raises(ImageDecodeError, match="truncated|corrupt"):
+        load_image(cut)
+    with pytest.raises(ImageDecodeError, match="100x80 pixels, more than the 7999 allowed"):
+        load_image(cut, max_pixels=7999)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "AVIF"])
+def test_pixel_limit_applies_to_webp_and_avif(fmt):
+    # Their decoders refuse a cut file at open, so here the whole file shows the limit applies.
+    if fmt not in SUPPORTED_FORMATS:
+        pytest.skip(f"this Pillow build has no {fmt} support")
+    data = _encode(_noise(100, 80), fmt)
+    with pytest.raises(ImageDecodeError, match="100x80 pixels, more than the 7999 allowed"):
+        load_image(data, max_pixels=7999)
+    assert load_image(data, max_pixels=8000).size == (100, 80)
+
+
+def test_animated_webp_canvas_is_checked_not_just_its_frames():
+    frames = [Image.new("RGB", (16, 16), RED), Image.new("RGB", (16, 16), BLUE)]
+    data = bytearray(_encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
+    vp8x = data.find(b"VP8X")
+    data[vp8x + 12:vp8x + 18] = (9999).to_bytes(3, "little") + (7999).to_bytes(3, "little")
+    with pytest.raises(ImageDecodeError, match="10000x8000 pixels"):
+        load_image(bytes(data))
+
+
+def test_beyond_pillows_own_guard_the_error_still_names_the_pixel_count():
+    with pytest.raises(ImageDecodeError, match="image is 400000000 pixels, more than the 40000000 allowed"):
+        load_image(_png_with_header_size(20_000, 20_000))
+
+
+# --------------------------------------------------------------------------------------------
+# extreme aspect ratios through every resize policy
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10_000, 10), (10, 10_000), (2, 3000), (200_000, 1)])
+@pytest.mark.parametrize("policy", ["letterbox", "squash", "center-crop"])
+def test_extreme_aspect_ratios_become_a_full_input(size, policy):
+    prep = Preprocessing(input_size=32, resize=policy)
+    img = Image.new("RGB", size, RED)
+    assert resize_to_input(img, prep).size == (32, 32)
+    out = build_transform(prep)(img)
+    assert out.shape == (3, 32, 32) and torch.isfinite(out).all()
+    expected_red = (1.0 - prep.mean[0]) / prep.std[0]
+    assert out[0].max().item() == pytest.approx(expected_red, abs=1e-5)  # the photo is in there
+
+
+def test_center_crop_of_a_long_strip_keeps_its_middle():
+    strip = _stripes(30_000, 3, [BLUE, GREEN, RED])
+    cropped = np.asarray(resize_to_input(strip, Preprocessing(input_size=16, resize="center-crop")))
+    assert (cropped[..., 1] > 200).all() and (cropped[..., 0] < 40).all()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10_000, 10), (3, 4000)])
+def test_jpeg_draft_decoding_handles_extreme_sizes(size):
+    data = _encode(Image.new("RGB", size, BLUE), "JPEG")
+    img = load_image(data, target_size=64)
+    assert img.size == size and _close(img.getpixel((0, 0)), BLUE, tol=20)

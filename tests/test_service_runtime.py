@@ -306,7 +306,7 @@ def test_metrics_and_stats_report_requests_steps_queue_and_index(tiny_index, syn
         assert f'snap2shop_search_step_duration_seconds_count{{step="{step}"}} 3.0' in text
     assert "snap2shop_embed_queue_depth 0.0" in text and "snap2shop_searches_in_flight" in text
     assert "snap2shop_index_vectors 24.0" in text and "snap2shop_index_items 12.0" in text
-    assert f'snap2shop_index_info{{checksum="' in text and f'version="{version}"' in text
+    assert 'snap2shop_index_info{checksum="' in text and f'version="{version}"' in text
     assert stats["steps_ms"]["embed"]["count"] == 3 and stats["steps_ms"]["total"]["p99_ms"] > 0
     assert stats["index_version"] == version and stats["queue_depth"] == 0 and stats["mean_batch_size"] == 1
 
