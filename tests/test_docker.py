@@ -115,7 +115,7 @@ def test_port_and_healthcheck_agree_with_the_app():
     assert dockerfile_env["SNAP2SHOP_PORT"] == SERVICES["search"]["environment"]["SNAP2SHOP_PORT"]
     assert _dockerfile_instructions("EXPOSE") == [dockerfile_env["SNAP2SHOP_PORT"]]
     healthcheck = _dockerfile_instructions("HEALTHCHECK")[0]
-    assert "/healthz" in healthcheck and "/healthz" in routes
+    assert "/readyz" in healthcheck and "/readyz" in routes
 
 
 def test_volumes_match_the_index_setting_and_are_read_only_where_they_should_be():
