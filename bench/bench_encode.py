@@ -1,0 +1,118 @@
+"""Indexer throughput against its ceiling: end-to-end img/s from files ÷ the model's own img/s.
+
+    python bench/bench_encode.py [--images ../shared/data/fashion-products/images] [--limit N]
+                                 [--large 1024] [--model efficientnet-lite0] [--batch-size 32]
+                                 [--workers 0,1,2] [--json out.json]
+
+Model-only: forward passes on tensors already in memory, same model, batch and precision.
+End-to-end: `indexer.encode.encode_paths` on the photo files (read, sha256, decode, preprocess,
+forward), as `python -m indexer build` runs it. With `--large S`, the same photos re-encoded at S px
+on the longer side (JPEG, quality 90) are measured too: there reduced-size JPEG decoding (Pillow's
+draft mode) is what keeps decoding from eating the model's CPU time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "fashion-products" / "images"
+
+
+def model_only_rate(loaded, plan, batch_size: int, images: int) -> float:
+    import torch
+
+    from model.inference import embed_batch, prepare_model
+
+    size = loaded.config.preprocessing.input_size
+    net = prepare_model(loaded.model, plan)
+    batch = torch.randn(batch_size, 3, size, size)
+    embed_batch(net, batch, plan)  # warm-up: allocator, kernels
+    done, started = 0, time.perf_counter()
+    while done < images:
+        embed_batch(net, batch, plan)
+        done += batch_size
+    return done / (time.perf_counter() - started)
+
+
+def end_to_end_rate(paths: list[Path], loaded, plan, batch_size: int, workers: int) -> tuple[float, dict]:
+    from indexer.encode import encode_paths
+
+    result = encode_paths(paths, loaded, batch_size=batch_size, device=plan.device, workers=workers,
+                          progress=False, plan=plan)
+    if result.failures:
+        raise SystemExit(f"{len(result.failures)} photos failed, e.g. {result.failures[0]}")
+    return len(paths) / result.timings["wall_s"], result.timings
+
+
+def re_encode(paths: list[Path], folder: Path, longer_side: int) -> list[Path]:
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with Image.open(path) as img:
+            scale = longer_side / max(img.size)
+            big = img.convert("RGB").resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+        target = folder / f"{path.stem}.jpg"
+        big.save(target, "JPEG", quality=90)
+        out.append(target)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--limit", type=int, help="only the first N photos")
+    parser.add_argument("--large", type=int, default=1024, help="also re-encode to this many px (0: skip)")
+    parser.add_argument("--large-limit", type=int, default=1000, help="photos re-encoded for --large")
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", default="1,2", help="decoding processes to try, comma-separated")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import torch
+
+    from indexer.catalog import discover_images
+    from model import load_model
+    from model.inference import plan_inference, resolve_device
+
+    paths = discover_images(args.images)[: args.limit]
+    loaded = load_model(args.model)
+    plan = plan_inference(resolve_device(args.device), args.precision)
+    sets = [("fashion-products", paths)]
+    scratch = tempfile.TemporaryDirectory(prefix="snap2shop-large-")
+    if args.large:
+        sets.append((f"{args.large}px re-encodes", re_encode(paths[: args.large_limit], Path(scratch.name), args.large)))
+
+    ceiling = model_only_rate(loaded, plan, args.batch_size, images=max(640, 20 * args.batch_size))
+    rows = []
+    for name, photos in sets:
+        for workers in (int(w) for w in args.workers.split(",")):
+            rate, timings = end_to_end_rate(photos, loaded, plan, args.batch_size, workers)
+            rows.append({"photos": name, "count": len(photos), "workers": workers, "img_per_s": round(rate, 2),
+                         "model_only_img_per_s": round(ceiling, 2), "ratio": round(rate / ceiling, 3),
+                         "decode_s_total": timings["decode_preprocess_s_total"], "forward_s": timings["forward_s"]})
+            print(f"{name:<22} {len(photos):>6} photos  workers={workers}  {rate:7.2f} img/s  "
+                  f"model-only {ceiling:7.2f} img/s  ratio {rate / ceiling:.3f}", flush=True)
+    # The model-only rate again at the end: if it moved, the machine was busy and the ratios are off.
+    after = model_only_rate(loaded, plan, args.batch_size, images=max(640, 20 * args.batch_size))
+    print(f"model-only before/after: {ceiling:.2f} / {after:.2f} img/s; {plan.describe()}; "
+          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    if args.json:
+        args.json.write_text(json.dumps({"plan": plan.describe(), "batch_size": args.batch_size, "model": args.model,
+                                         "model_only_after": round(after, 2), "rows": rows}, indent=2) + "\n")
+    scratch.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
