@@ -43,7 +43,9 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, required=True, help="index folder (created; replaced atomically)")
     build.add_argument("--model", default=DEFAULT_MODEL_SPEC,
                        help="backbone name (efficientnet-lite0, resnet50[:imagenet|none|PATH], ...) or a .safetensors checkpoint")
-    build.add_argument("--index-factory", default="Flat", help="FAISS index factory string (default: exact search)")
+    build.add_argument("--index-factory", default="auto",
+                       help="FAISS index factory string, or auto (default): exact search (Flat) while it is fast, "
+                            "IVF with ~4*sqrt(N) lists and nprobe 16 for larger catalogues")
     _add_encoding_options(build)
 
     add = verbs.add_parser("add", help="encode new photos and publish them as a new version of an index",

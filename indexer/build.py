@@ -18,7 +18,8 @@ from .catalog import CatalogEntry, image_root_for, relative_to_root
 from .encode import EncodeResult, encode_paths
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
-from .store import (DEFAULT_INDEX_FACTORY, INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, build_faiss_index,
+from .index_choice import AUTO, apply_search_defaults, choose_index
+from .store import (INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, build_faiss_index,
                     cross_item_duplicates, make_faiss_index, write_faiss, write_manifest, write_metadata)
 
 log = logging.getLogger("snap2shop.indexer")
@@ -33,7 +34,7 @@ class BuildOptions:
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"
-    index_factory: str = DEFAULT_INDEX_FACTORY
+    index_factory: str = AUTO
     workers: int | None = None
     progress: bool = True
 
@@ -49,7 +50,8 @@ def build_index(options: BuildOptions) -> Path:
     device = resolve_device(options.device)
     log.info("encoding %d photos on %s", len(entries), device)
     loaded = load_model(options.model_spec)
-    make_faiss_index(loaded.model.embedding_dim, options.index_factory)  # fail on a typo before encoding
+    if options.index_factory != AUTO:
+        make_faiss_index(loaded.model.embedding_dim, options.index_factory)  # fail on a typo before encoding
 
     out = Path(options.out)
     with writer_lock(out), staged_version(out) as staging:
@@ -65,7 +67,9 @@ def build_index(options: BuildOptions) -> Path:
 def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEntry], encoded: EncodeResult,
                    loaded: LoadedModel, device: torch.device, skipped: list[dict], started: float) -> None:
     t0 = time.perf_counter()
-    index = build_faiss_index(encoded.embeddings, options.index_factory)
+    choice = choose_index(options.index_factory, len(encoded.embeddings), loaded.model.embedding_dim)
+    index = build_faiss_index(encoded.embeddings, choice.factory)
+    apply_search_defaults(index, choice)
     write_faiss(index, staging / FAISS_FILE)
     index_s = time.perf_counter() - t0
 
@@ -87,7 +91,8 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
         "dim": loaded.model.embedding_dim,
         "preprocessing": loaded.config.preprocessing.to_dict(),
         "metric": "inner_product",
-        "index_factory": options.index_factory,
+        "index_factory": choice.factory,
+        "index_choice": {"requested": options.index_factory, "nprobe": choice.nprobe, "reason": choice.reason},
         "catalog": {"image_root": str(root),
                     "csv": str(Path(options.catalog).resolve()) if options.catalog else None},
         "counts": {"photos_found": len(entries), "vectors": len(rows), "items": item_count,

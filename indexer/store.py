@@ -45,7 +45,7 @@ def build_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_INDEX_FACTORY)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     try:
         if not index.is_trained:
-            index.train(vectors)
+            index.train(_training_sample(index, vectors))
         index.add(vectors)
     except RuntimeError as exc:
         raise IndexBuildError(
@@ -53,6 +53,23 @@ def build_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_INDEX_FACTORY)
             f"{str(exc).strip().splitlines()[-1]} (small catalogues need fewer clusters, or 'Flat')"
         ) from None
     return index
+
+
+def _training_sample(index, vectors: np.ndarray) -> np.ndarray:
+    """IVF k-means on a seeded sample of the vectors: at 1M vectors, minutes faster, same recall."""
+    import faiss
+
+    from .index_choice import TRAINING_POINTS_PER_LIST
+
+    try:
+        lists = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        return vectors
+    limit = TRAINING_POINTS_PER_LIST * lists
+    if len(vectors) <= limit:
+        return vectors
+    rows = np.sort(np.random.default_rng(0).choice(len(vectors), limit, replace=False))
+    return vectors[rows]
 
 
 def write_faiss(index, path: Path) -> None:

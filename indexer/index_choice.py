@@ -1,0 +1,54 @@
+"""`--index-factory auto`: exact search while it is fast, an IVF index with a tuned nprobe beyond.
+
+The thresholds come from `bench/bench_search_scaling.py` on this project's 2-core machine (README,
+"Performance"): exact search scans every vector, about 8-9 GB/s here, so its cost grows with
+N × dim; IVF with ~4·sqrt(N) lists scans nprobe/nlist of them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+AUTO = "auto"
+# Exact search while one query scans at most this many float32 values (16k vectors at 1280 dims,
+# 160k at 128): about 8 ms per query here, small beside the embedder's ~50 ms.
+EXACT_SEARCH_MAX_VALUES = 20_000_000
+# Lists probed: recall@10 against exact search was at least 0.97 at 10k-1M items (bench figures).
+DEFAULT_NPROBE = 16
+MIN_POINTS_PER_LIST = 39  # fewer and FAISS' k-means warns that its centroids are unreliable
+TRAINING_POINTS_PER_LIST = 64  # k-means on a sample: enough for stable centroids, minutes less at 1M
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    factory: str
+    nprobe: int | None = None
+    reason: str = ""
+
+
+def ivf_lists(n_vectors: int) -> int:
+    """About 4·sqrt(N) lists, a power of two, with enough points per list to train them."""
+    lists = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n_vectors))))
+    while lists > 1 and n_vectors < MIN_POINTS_PER_LIST * lists:
+        lists //= 2
+    return max(1, lists)
+
+
+def choose_index(requested: str, n_vectors: int, dim: int) -> IndexChoice:
+    if requested != AUTO:
+        return IndexChoice(requested, None, "as requested")
+    if n_vectors * dim <= EXACT_SEARCH_MAX_VALUES:
+        return IndexChoice("Flat", None, f"exact search: {n_vectors} vectors × {dim} dims is fast enough")
+    lists = ivf_lists(n_vectors)
+    return IndexChoice(f"IVF{lists},Flat", min(DEFAULT_NPROBE, lists),
+                       f"{n_vectors} vectors × {dim} dims: exact search would scan {n_vectors * dim * 4 / 1e6:.0f} MB "
+                       f"per query; IVF with {lists} lists probes {min(DEFAULT_NPROBE, lists)}")
+
+
+def apply_search_defaults(index, choice: IndexChoice) -> None:
+    """Store nprobe in the index itself: FAISS writes it to the file, so every reader gets it."""
+    if choice.nprobe is None:
+        return
+    import faiss
+
+    faiss.extract_index_ivf(index).nprobe = choice.nprobe

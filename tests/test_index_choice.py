@@ -1,0 +1,45 @@
+"""`--index-factory auto`: exact search for small catalogues, IVF with a stored nprobe for large ones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.index_choice import (AUTO, EXACT_SEARCH_MAX_VALUES, MIN_POINTS_PER_LIST, apply_search_defaults,
+                                  choose_index, ivf_lists)
+from indexer.store import build_faiss_index
+
+
+@pytest.mark.parametrize("n", [1, 100, 10_000, 100_000, 1_000_000, 50_000_000])
+def test_ivf_lists_grow_like_sqrt_n_and_stay_trainable(n):
+    lists = ivf_lists(n)
+    assert lists & (lists - 1) == 0  # a power of two
+    assert n >= MIN_POINTS_PER_LIST * lists or lists == 1
+    if n >= 100_000:
+        assert 2 * np.sqrt(n) <= lists <= 8 * np.sqrt(n)
+
+
+def test_small_catalogues_get_exact_search_and_large_ones_ivf():
+    assert choose_index(AUTO, 9_583, 1280).factory == "Flat"
+    assert choose_index(AUTO, EXACT_SEARCH_MAX_VALUES // 128, 128).factory == "Flat"
+    large = choose_index(AUTO, 1_000_000, 1280)
+    assert large.factory == f"IVF{ivf_lists(1_000_000)},Flat" and large.nprobe == 16 and "IVF" in large.reason
+    assert choose_index("HNSW32", 1_000_000, 1280).factory == "HNSW32"
+
+
+def test_nprobe_travels_inside_the_index_file(tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 50, 4000)] + 0.1 * rng.standard_normal((4000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    choice = choose_index(AUTO, 4000, 6000)  # pretend the dim is large so IVF is chosen
+    index = build_faiss_index(vectors, choice.factory)
+    apply_search_defaults(index, choice)
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    reread = faiss.read_index(str(tmp_path / "i.faiss"))
+    assert faiss.extract_index_ivf(reread).nprobe == choice.nprobe
+    _, exact = faiss.knn(vectors[:50], vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = reread.search(vectors[:50], 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    assert recall >= 0.9
