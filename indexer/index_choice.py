@@ -13,10 +13,16 @@ AUTO = "auto"
 # Exact search while one query scans at most this many float32 values (16k vectors at 1280 dims,
 # 160k at 128): about 8 ms per query here, small beside the embedder's ~50 ms.
 EXACT_SEARCH_MAX_VALUES = 20_000_000
-# Lists probed: recall@10 against exact search was at least 0.97 at 10k-1M items (bench figures).
+# Lists probed: in the bench, 4-8 already gave recall@10 >= 0.95 against exact search at 100k-1M
+# items; 16 leaves a margin for catalogues less clustered than ours. With thousands of lists each
+# probe costs more, so large catalogues probe 8.
 DEFAULT_NPROBE = 16
+LARGE_NPROBE = 8
+# From this many lists on, the coarse step (a query against every centroid) costs more than the
+# lists probed: an HNSW graph over the centroids finds the nearest ones in a fraction of the time.
+HNSW_QUANTIZER_MIN_LISTS = 2048
 MIN_POINTS_PER_LIST = 39  # fewer and FAISS' k-means warns that its centroids are unreliable
-TRAINING_POINTS_PER_LIST = 64  # k-means on a sample: enough for stable centroids, minutes less at 1M
+TRAINING_POINTS_PER_LIST = 40  # k-means on a sample: FAISS asks for 39+ per list; minutes less at 1M
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,12 @@ def choose_index(requested: str, n_vectors: int, dim: int) -> IndexChoice:
     if n_vectors * dim <= EXACT_SEARCH_MAX_VALUES:
         return IndexChoice("Flat", None, f"exact search: {n_vectors} vectors × {dim} dims is fast enough")
     lists = ivf_lists(n_vectors)
-    return IndexChoice(f"IVF{lists},Flat", min(DEFAULT_NPROBE, lists),
+    large = lists >= HNSW_QUANTIZER_MIN_LISTS
+    nprobe = min(LARGE_NPROBE if large else DEFAULT_NPROBE, lists)
+    factory = f"IVF{lists}_HNSW32,Flat" if large else f"IVF{lists},Flat"
+    return IndexChoice(factory, nprobe,
                        f"{n_vectors} vectors × {dim} dims: exact search would scan {n_vectors * dim * 4 / 1e6:.0f} MB "
-                       f"per query; IVF with {lists} lists probes {min(DEFAULT_NPROBE, lists)}")
+                       f"per query; IVF with {lists} lists probes {nprobe}")
 
 
 def apply_search_defaults(index, choice: IndexChoice) -> None:

@@ -22,7 +22,9 @@ def test_small_catalogues_get_exact_search_and_large_ones_ivf():
     assert choose_index(AUTO, 9_583, 1280).factory == "Flat"
     assert choose_index(AUTO, EXACT_SEARCH_MAX_VALUES // 128, 128).factory == "Flat"
     large = choose_index(AUTO, 1_000_000, 1280)
-    assert large.factory == f"IVF{ivf_lists(1_000_000)},Flat" and large.nprobe == 16 and "IVF" in large.reason
+    assert large.factory == f"IVF{ivf_lists(1_000_000)}_HNSW32,Flat" and large.nprobe == 8 and "IVF" in large.reason
+    medium = choose_index(AUTO, 100_000, 1280)
+    assert medium.factory == f"IVF{ivf_lists(100_000)},Flat" and medium.nprobe == 16
     assert choose_index("HNSW32", 1_000_000, 1280).factory == "HNSW32"
 
 
