@@ -110,6 +110,11 @@ def set_knob(index, factory: str, value) -> str:
         faiss.downcast_index(index).hnsw.efSearch = value
         return f"efSearch={value}"
     ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if hasattr(quantizer, "hnsw"):  # as indexer.index_choice sets it: look wider than nprobe
+        from indexer.index_choice import QUANTIZER_EF_SEARCH
+
+        quantizer.hnsw.efSearch = max(QUANTIZER_EF_SEARCH, 2 * (value[0] if isinstance(value, tuple) else value))
     if isinstance(value, tuple):
         ivf.nprobe, k_factor = value
         faiss.downcast_index(index).k_factor = k_factor

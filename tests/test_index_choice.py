@@ -22,7 +22,7 @@ def test_small_catalogues_get_exact_search_and_large_ones_ivf():
     assert choose_index(AUTO, 9_583, 1280).factory == "Flat"
     assert choose_index(AUTO, EXACT_SEARCH_MAX_VALUES // 128, 128).factory == "Flat"
     large = choose_index(AUTO, 1_000_000, 1280)
-    assert large.factory == f"IVF{ivf_lists(1_000_000)}_HNSW32,Flat" and large.nprobe == 8 and "IVF" in large.reason
+    assert large.factory == f"IVF{ivf_lists(1_000_000)}_HNSW32,Flat" and large.nprobe == 4 and "IVF" in large.reason
     medium = choose_index(AUTO, 100_000, 1280)
     assert medium.factory == f"IVF{ivf_lists(100_000)},Flat" and medium.nprobe == 16
     assert choose_index("HNSW32", 1_000_000, 1280).factory == "HNSW32"
@@ -45,3 +45,18 @@ def test_nprobe_travels_inside_the_index_file(tmp_path):
     _, found = reread.search(vectors[:50], 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
     assert recall >= 0.9
+
+
+def test_an_hnsw_quantizer_looks_wider_than_nprobe_after_a_reload(tmp_path):
+    import faiss
+
+    from indexer.index_choice import QUANTIZER_EF_SEARCH, IndexChoice
+
+    vectors = np.random.default_rng(1).standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    choice = IndexChoice("IVF64_HNSW32,Flat", nprobe=4)
+    index = build_faiss_index(vectors, choice.factory)
+    apply_search_defaults(index, choice)
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    ivf = faiss.extract_index_ivf(faiss.read_index(str(tmp_path / "i.faiss")))
+    assert ivf.nprobe == 4 and faiss.downcast_index(ivf.quantizer).hnsw.efSearch == QUANTIZER_EF_SEARCH
