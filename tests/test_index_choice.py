@@ -58,5 +58,6 @@ def test_an_hnsw_quantizer_looks_wider_than_nprobe_after_a_reload(tmp_path):
     index = build_faiss_index(vectors, choice.factory)
     apply_search_defaults(index, choice)
     faiss.write_index(index, str(tmp_path / "i.faiss"))
-    ivf = faiss.extract_index_ivf(faiss.read_index(str(tmp_path / "i.faiss")))
+    reread = faiss.read_index(str(tmp_path / "i.faiss"))  # kept: the IVF view below points into it
+    ivf = faiss.extract_index_ivf(reread)
     assert ivf.nprobe == 4 and faiss.downcast_index(ivf.quantizer).hnsw.efSearch == QUANTIZER_EF_SEARCH
