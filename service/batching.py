@@ -72,7 +72,12 @@ class MicroBatcher:
             if first is _STOP:
                 return
             batch, stop = self._collect(first, pending)
-            self._embed(batch)
+            try:
+                self._embed(batch)
+            except Exception:  # a bug here must not stop the only worker: every search would hang
+                log.exception("the embedding worker hit an error; it carries on")
+                for job in batch:
+                    _settle_threadsafe(job, None, RuntimeError("embedding failed"))
             if stop:
                 return
 
@@ -101,7 +106,7 @@ class MicroBatcher:
         except Exception as exc:  # the requests get the error; the worker lives on
             log.exception("embedding a batch of %d failed", len(batch))
             for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+                _settle_threadsafe(job, None, exc)
             return
         embed_ms = (time.perf_counter() - started) * 1e3
         if self._on_batch is not None:
@@ -109,7 +114,14 @@ class MicroBatcher:
         for i, job in enumerate(batch):
             result = EmbedResult(vector=vectors[i:i + 1], queue_ms=(started - job.enqueued) * 1e3,
                                  embed_ms=embed_ms, batch_size=len(batch))
-            job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+            _settle_threadsafe(job, result, None)
+
+
+def _settle_threadsafe(job: _Job, result, error: BaseException | None) -> None:
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+    except RuntimeError:  # the event loop has closed (shutdown): nobody is waiting any more
+        pass
 
 
 def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
