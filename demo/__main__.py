@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
           f"'http://{args.host}:{args.port}/search?k=5'\n")
     from service.__main__ import main as service_main
 
-    return service_main(["--index", str(index_dir), "--host", args.host, "--port", str(args.port)])
+    # A person watches the demo in a terminal: readable log lines rather than the JSON ones for collectors.
+    return service_main(["--index", str(index_dir), "--host", args.host, "--port", str(args.port),
+                         "--log-format", "text"])
 
 
 if __name__ == "__main__":
