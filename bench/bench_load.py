@@ -143,7 +143,7 @@ def main() -> int:
         before = httpx.get(f"{base}/readyz").json()["index_version"]
         latencies, statuses, versions, wall = asyncio.run(
             run_load(base, uploads, args.requests, args.concurrency, on_progress))
-        if adder.is_alive() or adder.ident is not None:
+        if adder.ident is not None:  # started
             adder.join()
         ready = httpx.get(f"{base}/readyz").json()
         server_stats = httpx.get(f"{base}/stats").json()

@@ -114,9 +114,6 @@ class SearchEngine:
     def version(self) -> str:
         return self.index.version_dir.name
 
-    def embed(self, image_bytes: bytes, box: Box | None = None) -> np.ndarray:
-        return self.embedder.embed(self.embedder.decode(image_bytes, box).unsqueeze(0))
-
     def search(self, image_bytes: bytes, k: int, box: Box | None = None,
                category: str | None = None) -> tuple[list[SearchHit], dict[str, float]]:
         """One upload, start to end, in the calling thread (the service batches instead)."""
