@@ -77,9 +77,15 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-keep-freed-memory", action="store_true",
+                        help="leave glibc's malloc as it is (the indexer CLI tunes it: model/cpu_runtime.py)")
     args = parser.parse_args()
 
     import torch
+
+    from model.cpu_runtime import keep_freed_memory
+
+    malloc_tuned = not args.no_keep_freed_memory and keep_freed_memory()
 
     from indexer.catalog import discover_images
     from model import load_model
@@ -109,10 +115,11 @@ def main() -> int:
                          "decode_s_total": timings["decode_preprocess_s_total"], "forward_s": timings["forward_s"]})
             print(f"{name:<22} {len(photos):>6} photos  workers={workers}  {rate:7.2f} img/s  "
                   f"model-only {ceiling:7.2f} img/s  ratio {rate / ceiling:.3f}", flush=True)
-    print(f"{plan.describe()}; batch {args.batch_size}; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    print(f"{plan.describe()}; batch {args.batch_size}; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; "
+          f"malloc {'tuned' if malloc_tuned else 'as is'}")
     if args.json:
         args.json.write_text(json.dumps({"plan": plan.describe(), "batch_size": args.batch_size, "model": args.model,
-                                         "rows": rows}, indent=2) + "\n")
+                                         "malloc_tuned": malloc_tuned, "rows": rows}, indent=2) + "\n")
     scratch.cleanup()
     return 0
 

@@ -40,10 +40,12 @@ def main() -> int:
     args = parser.parse_args()
 
     from model import load_model
+    from model.cpu_runtime import keep_freed_memory
     from model.data import read_data
     from model.evaluate import DEFAULT_KS, evaluate, write_report
     from model.train import TrainConfig, metrics_path, train
 
+    keep_freed_memory()  # as `python -m model train` does
     images, split_csv = args.data / "images", args.data / "split.csv"
     data = read_data("catalog", images, split_csv=split_csv)
     summary = data.summary()

@@ -115,4 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from model.cpu_runtime import keep_freed_memory
+
+    keep_freed_memory()  # the process's own allocator policy, so only when run as a program
     sys.exit(main())

@@ -8,6 +8,7 @@ ensure_dependencies("service")
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from indexer.layout import IndexLayoutError
     from indexer.store import IndexOpenError
 
+    from model.cpu_runtime import keep_freed_memory, single_threaded_torch
+
     from .engine import IncompatibleIndexError, SearchEngine
     from .observability import configure_logging
     from .settings import Settings
@@ -46,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    keep_freed_memory()
+    # Everything but the embedding worker runs torch single-threaded, the model load included: see
+    # model/cpu_runtime. The worker takes torch's default thread count unless one is set.
+    default_threads = single_threaded_torch()
+    settings = replace(settings, torch_threads=settings.torch_threads or default_threads)
     logging.getLogger("snap2shop.service").info("settings: %r", settings)
     try:
         # Loaded before uvicorn starts, so a bad index is one clear line and exit code 2.

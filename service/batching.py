@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from model.cpu_runtime import single_threaded_torch, use_intra_op_threads
+
 log = logging.getLogger("snap2shop.service")
 
 _STOP = object()
@@ -42,13 +44,19 @@ class EmbedResult:
 
 class MicroBatcher:
     def __init__(self, max_size: int = 16, max_wait_ms: float = 0.0,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, threads: int | None = None) -> None:
+        """`threads`: make the worker the one thread with that many intra-op threads and every other
+        thread single-threaded (see model/cpu_runtime); None leaves torch's threads as they are."""
         self.max_size = max_size
         self.max_wait_s = max_wait_ms / 1e3
         self._on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="embedder", daemon=True)
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(threads, started), name="embedder", daemon=True)
         self._thread.start()
+        started.wait()
+        if threads is not None:
+            single_threaded_torch()
 
     def depth(self) -> int:
         """Photos waiting for a forward pass."""
@@ -65,7 +73,10 @@ class MicroBatcher:
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def _run(self, threads: int | None, started: threading.Event) -> None:
+        if threads is not None:
+            use_intra_op_threads(threads)
+        started.set()
         pending: list[_Job] = []
         while True:
             first = pending.pop(0) if pending else self._queue.get()

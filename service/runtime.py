@@ -37,7 +37,8 @@ class Services:
 def start_services(settings: Settings, engine: SearchEngine, metrics: ServiceMetrics, capacity: Capacity) -> Services:
     """Called inside the event loop (the lifespan): the watcher task and limiter belong to it."""
     holder = EngineHolder(settings, engine)
-    batcher = MicroBatcher(settings.batch_max_size, settings.batch_max_wait_ms, on_batch=metrics.observe_batch)
+    batcher = MicroBatcher(settings.batch_max_size, settings.batch_max_wait_ms, on_batch=metrics.observe_batch,
+                           threads=settings.torch_threads or None)
 
     def on_reload(outcome: ReloadOutcome, served: SearchEngine) -> None:
         metrics.reloads.labels("swapped" if outcome.reloaded else "failed" if outcome.error else "unchanged").inc()

@@ -26,6 +26,9 @@ class Settings:
     # so a spike costs at most this many uploads of memory instead of an unbounded queue.
     max_in_flight: int = 64
     decode_threads: int = 0  # photos decoded at once off the event loop; 0: one per CPU core
+    # Intra-op threads of the embedding worker's forward pass; every other thread runs torch on one.
+    # 0: leave torch's threads alone (`python -m service` sets it to torch's default, one per core).
+    torch_threads: int = 0
     batch_max_size: int = 16  # embeddings computed in one forward pass at most
     batch_max_wait_ms: float = 0.0  # wait this long for a batch to fill; 0: take what is queued
     reload_poll_s: float = 2.0  # how often to look for a newly published index version; 0: never
@@ -52,8 +55,10 @@ class Settings:
             raise ValueError("max_upload_bytes must be at least 1024")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError("default_k must lie between 1 and max_k")
-        if self.max_in_flight < 1 or self.batch_max_size < 1 or self.decode_threads < 0:
-            raise ValueError("max_in_flight and batch_max_size must be at least 1, decode_threads at least 0")
+        if self.max_in_flight < 1 or self.batch_max_size < 1:
+            raise ValueError("max_in_flight and batch_max_size must be at least 1")
+        if self.decode_threads < 0 or self.torch_threads < 0:
+            raise ValueError("decode_threads and torch_threads cannot be negative")
         if self.batch_max_wait_ms < 0 or self.reload_poll_s < 0:
             raise ValueError("batch_max_wait_ms and reload_poll_s cannot be negative")
         if self.log_format not in ("json", "text"):

@@ -19,8 +19,12 @@ def test_ivf_lists_grow_like_sqrt_n_and_stay_trainable(n):
 
 
 def test_small_catalogues_get_exact_search_and_large_ones_ivf():
-    assert choose_index(AUTO, 9_583, 1280).factory == "Flat"
+    assert choose_index(AUTO, 3_000, 1280).factory == "Flat"
     assert choose_index(AUTO, EXACT_SEARCH_MAX_VALUES // 128, 128).factory == "Flat"
+    just_past = choose_index(AUTO, EXACT_SEARCH_MAX_VALUES // 128 + 1, 128)
+    assert just_past.factory.startswith("IVF") and just_past.nprobe == 16
+    fashion_products = choose_index(AUTO, 9_583, 1280)  # 12M floats: 5 ms exact, 0.8 ms with IVF
+    assert fashion_products.factory == f"IVF{ivf_lists(9_583)},Flat" and fashion_products.nprobe == 16
     large = choose_index(AUTO, 1_000_000, 1280)
     assert large.factory == f"IVF{ivf_lists(1_000_000)}_HNSW32,Flat" and large.nprobe == 4 and "IVF" in large.reason
     medium = choose_index(AUTO, 100_000, 1280)

@@ -558,3 +558,17 @@ def test_jpeg_draft_decoding_handles_extreme_sizes(size):
     data = _encode(Image.new("RGB", size, BLUE), "JPEG")
     img = load_image(data, target_size=64)
     assert img.size == size and _close(img.getpixel((0, 0)), BLUE, tol=20)
+
+
+@pytest.mark.parametrize("mean,std", [(LITE_MEAN, LITE_STD), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_to_tensor_is_exactly_the_per_pixel_normalisation(mean, std):
+    # to_tensor looks the normalised value of each 8-bit level up in a table; it must give the very
+    # tensor (x / 255 - mean) / std gives pixel by pixel, so indexes built before the table still match.
+    prep = Preprocessing(input_size=64, mean=mean, std=std, resize="squash")
+    pixels = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    pixels[0, :3] = [[0, 0, 0], [255, 255, 255], [127, 128, 129]]  # both ends and the middle
+    reference = (torch.from_numpy(pixels).permute(2, 0, 1).float().div(255.0)
+                 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    out = to_tensor(Image.fromarray(pixels), prep)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(out, reference)

@@ -184,6 +184,9 @@ def test_settings_from_environment():
     assert (settings.port, settings.max_upload_bytes, settings.index, settings.host) == (9001, 5000, Path("/srv/idx"), "0.0.0.0")
     with pytest.raises(ValueError, match="SNAP2SHOP_PORT"):
         Settings.from_env({"SNAP2SHOP_PORT": "eighty"})
+    assert Settings.from_env({"SNAP2SHOP_TORCH_THREADS": "3"}).torch_threads == 3
+    with pytest.raises(ValueError, match="torch_threads cannot be negative"):
+        Settings.from_env({"SNAP2SHOP_TORCH_THREADS": "-1"})
 
 
 def test_byte_identical_photos_of_two_items_tie_deterministically(tmp_path, tiny_checkpoint, synthetic_catalog):

@@ -1,0 +1,94 @@
+"""Process-wide CPU settings (model/cpu_runtime.py): each check runs in a fresh interpreter, because
+both settings belong to the process and would otherwise leak into the other tests."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Allocates and frees a 64 MiB tensor twelve times in a non-main thread (where the service embeds)
+# and reports the page faults of the last three rounds. glibc serves a block this size with a fresh
+# mmap each time, so without keep_freed_memory every round faults in all 16k of its pages again; with
+# it, the heap grows for a few rounds until a freed block can be reused, and then stops faulting.
+_FAULTS_PER_ROUND = """
+import json, resource, sys, threading, torch
+from model.cpu_runtime import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
+faults = []
+def rounds():
+    for i in range(12):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(16 * 1024 * 1024).fill_(1.0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+thread = threading.Thread(target=rounds); thread.start(); thread.join()
+print(json.dumps({"applied": applied, "faults": faults[-3:]}))
+"""
+
+
+def _python(code: str, *args: str, env: dict | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _without_malloc_variables() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
+def test_keep_freed_memory_stops_large_buffers_from_faulting_in_again():
+    is_glibc = platform.libc_ver()[0] == "glibc"
+    clean = _without_malloc_variables()
+    tuned = subprocess.run([sys.executable, "-c", _FAULTS_PER_ROUND, "tuned"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env={**clean, "PYTHONPATH": str(ROOT)})
+    as_is = subprocess.run([sys.executable, "-c", _FAULTS_PER_ROUND, "as-is"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env={**clean, "PYTHONPATH": str(ROOT)})
+    assert tuned.returncode == 0 and as_is.returncode == 0, tuned.stderr + as_is.stderr
+    tuned_result, as_is_result = (json.loads(r.stdout.splitlines()[-1]) for r in (tuned, as_is))
+    assert tuned_result["applied"] is is_glibc
+    if is_glibc:
+        pages = 64 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
+        assert min(as_is_result["faults"]) >= pages // 2  # the baseline really re-faults...
+        assert max(tuned_result["faults"]) < pages // 20  # ...and the tuned process does not
+
+
+def test_keep_freed_memory_leaves_a_users_own_malloc_settings_alone():
+    result = _python(_FAULTS_PER_ROUND, "tuned", env={"MALLOC_ARENA_MAX": "4"})
+    assert result["applied"] is False
+
+
+_THREADS_AFTER_BATCHER = """
+import asyncio, json, threading, torch
+from service.batching import MicroBatcher
+
+class ThreadCountingEmbedder:
+    def embed(self, batch):
+        return torch.full((len(batch), 1), float(torch.get_num_threads())).numpy()
+
+batcher = MicroBatcher(max_size=4, threads=3)
+worker = asyncio.run(batcher.embed(ThreadCountingEmbedder(), torch.zeros(3, 8, 8))).vector.item()
+seen = {}
+def later_thread():
+    torch.zeros(1 << 20).add_(1.0)  # a parallel op, as decoding a photo runs
+    seen["later"] = torch.get_num_threads()
+thread = threading.Thread(target=later_thread); thread.start(); thread.join()
+again = asyncio.run(batcher.embed(ThreadCountingEmbedder(), torch.zeros(3, 8, 8))).vector.item()
+batcher.close()
+print(json.dumps({"worker": worker, "worker_again": again, "later": seen["later"], "creator": torch.get_num_threads()}))
+"""
+
+
+def test_the_embedding_worker_keeps_the_intra_op_threads_and_every_other_thread_runs_on_one():
+    result = _python(_THREADS_AFTER_BATCHER)
+    assert result == {"worker": 3, "worker_again": 3, "later": 1, "creator": 1}
+
+
+def test_without_threads_the_batcher_leaves_torch_alone():
+    code = _THREADS_AFTER_BATCHER.replace("threads=3", "threads=None").replace(
+        "import asyncio", "import torch; torch.set_num_threads(2)\nimport asyncio")
+    assert _python(code) == {"worker": 2, "worker_again": 2, "later": 2, "creator": 2}
