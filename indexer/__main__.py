@@ -85,6 +85,11 @@ def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 autocast on a GPU, fp32 on the CPU")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(4, CPUs))")
+    parser.add_argument("--compile", action="store_const", const="inductor", default=None, dest="compile_backend",
+                        help="torch.compile the model first (tens of seconds; pays off on large catalogues on a GPU)")
+    parser.add_argument("--jpeg-decode", choices=("workers", "device"), default="workers",
+                        help="where JPEGs are decoded: in the worker processes (default), or on the model's "
+                             "device with torchvision's decode_jpeg (nvJPEG on a GPU) when the CPUs cannot keep up")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -96,7 +101,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     version = build_index(BuildOptions(
         out=args.out, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
-        index_factory=args.index_factory,
+        index_factory=args.index_factory, compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
         workers=args.workers, progress=not args.quiet,
     ))
     from .store import read_manifest
@@ -125,6 +130,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     result = add_photos(AddOptions(
         index=args.index, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
+        compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
         workers=args.workers, progress=not args.quiet,
     ))
     already = result.already_indexed

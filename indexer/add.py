@@ -39,6 +39,8 @@ class AddOptions:
     batch_size: int = 32
     device: str = "auto"
     precision: str = "auto"
+    compile_backend: str | None = None  # torch.compile backend; None: eager
+    jpeg_decode: str = "workers"  # or "device": see indexer.encode.encode_paths
     workers: int | None = None
     progress: bool = True
 
@@ -109,7 +111,8 @@ def _encode_new(triage: _Triage, options: AddOptions, live: OpenedIndex) -> tupl
              len(triage.already_indexed))
     encoded = encode_paths([e.path for e in triage.new], loaded, batch_size=options.batch_size, device=device,
                            workers=options.workers, progress=options.progress,
-                           plan=plan_inference(device, options.precision))
+                           plan=plan_inference(device, options.precision, options.compile_backend),
+                           jpeg_decode=options.jpeg_decode)
     triage.undecodable = skipped_photos(triage.new, encoded)
     first_id = live.faiss_index.ntotal
     rows = [ImageRow(vector_id=first_id + k, item_id=triage.new[i].item_id, path=triage.stored_paths[i],

@@ -35,6 +35,8 @@ class BuildOptions:
     device: str = "auto"
     precision: str = "auto"
     index_factory: str = AUTO
+    compile_backend: str | None = None  # torch.compile backend; None: eager
+    jpeg_decode: str = "workers"  # or "device": see indexer.encode.encode_paths
     workers: int | None = None
     progress: bool = True
 
@@ -57,7 +59,8 @@ def build_index(options: BuildOptions) -> Path:
     with writer_lock(out), staged_version(out) as staging:
         encoded = encode_paths([e.path for e in entries], loaded, batch_size=options.batch_size,
                                device=device, workers=options.workers, progress=options.progress,
-                               plan=plan_inference(device, options.precision))
+                               plan=plan_inference(device, options.precision, options.compile_backend),
+                               jpeg_decode=options.jpeg_decode)
         skipped = skipped_photos(entries, encoded)
         require_some_usable(len(entries), len(encoded.ok_indices), skipped)
         _write_version(staging, options, entries, encoded, loaded, device, skipped, started)

@@ -16,17 +16,25 @@ from torch.utils.data import DataLoader, Dataset
 from model import LoadedModel
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
+from model.device_decode import decodable_on_device, decode_jpegs, transform_decoded
 from model.preprocessing import ImageDecodeError, build_transform, load_image
+
+
+JPEG_DECODE_CHOICES = ("workers", "device")
 
 
 class PhotoDataset(Dataset):
     """Decodes and preprocesses one photo; a bad photo yields its error instead of raising,
-    so one corrupt file cannot stop a catalogue build."""
+    so one corrupt file cannot stop a catalogue build.
 
-    def __init__(self, paths: Sequence[Path], prep: Preprocessing) -> None:
+    With `raw_jpegs`, a JPEG that the model's device can decode is passed on as its bytes instead
+    (see model/device_decode.py)."""
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocessing, raw_jpegs: bool = False) -> None:
         self.paths = list(paths)
         self.prep = prep
         self.transform = build_transform(prep)
+        self.raw_jpegs = raw_jpegs
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -36,6 +44,8 @@ class PhotoDataset(Dataset):
         try:
             data = self.paths[index].read_bytes()
             digest = hashlib.sha256(data).hexdigest()
+            if self.raw_jpegs and decodable_on_device(data):
+                return index, RawJpeg(data), digest, time.perf_counter() - started
             tensor = self.transform(load_image(io.BytesIO(data), target_size=self.prep.input_size))
             return index, tensor, digest, time.perf_counter() - started
         except ImageDecodeError as exc:
@@ -44,15 +54,41 @@ class PhotoDataset(Dataset):
             return index, None, f"cannot read file: {exc.strerror or exc}", time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class RawJpeg:
+    data: bytes
+
+
 def _collate(samples):
     # The third field is the photo's sha256 when it decoded, else the reason it did not.
-    good = [s for s in samples if s[1] is not None]
+    good = [s for s in samples if isinstance(s[1], torch.Tensor)]
+    raw = [(s[0], s[1].data, s[2]) for s in samples if isinstance(s[1], RawJpeg)]
     bad = [(s[0], s[2]) for s in samples if s[1] is None]
     indices = torch.tensor([s[0] for s in good], dtype=torch.long)
     batch = torch.stack([s[1] for s in good]) if good else None
     digests = [s[2] for s in good]
     decode_seconds = sum(s[3] for s in samples)
-    return indices, batch, digests, bad, decode_seconds
+    return indices, batch, digests, bad, decode_seconds, raw
+
+
+def _decode_raw_on_device(raw: list[tuple[int, bytes, str]], prep: Preprocessing, device: torch.device,
+                          transform) -> tuple[list[int], list[torch.Tensor], list[str], list[tuple[int, str]]]:
+    """The raw JPEGs of a batch decoded on `device`; one that fails there goes through Pillow, which
+    either decodes it or says what is wrong with it."""
+    indices, tensors, digests, bad = [], [], [], []
+    for (index, data, digest), pixels in zip(raw, decode_jpegs([data for _, data, _ in raw], device)):
+        if pixels is not None:
+            tensor = transform_decoded(pixels, prep)
+        else:
+            try:
+                tensor = transform(load_image(io.BytesIO(data), target_size=prep.input_size)).to(device)
+            except ImageDecodeError as exc:
+                bad.append((index, str(exc)))
+                continue
+        indices.append(index)
+        tensors.append(tensor)
+        digests.append(digest)
+    return indices, tensors, digests, bad
 
 
 @dataclass
@@ -70,22 +106,42 @@ def default_workers() -> int:
 
 def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 32,
                  device: torch.device | str = "cpu", workers: int | None = None,
-                 progress: bool = True, plan: InferencePlan | None = None) -> EncodeResult:
+                 progress: bool = True, plan: InferencePlan | None = None,
+                 jpeg_decode: str = "workers") -> EncodeResult:
+    """`jpeg_decode`: "workers" decodes every photo in the worker processes; "device" decodes JPEGs
+    on the plan's device (nvJPEG on a GPU), batch by batch, and leaves the workers the reading."""
+    if jpeg_decode not in JPEG_DECODE_CHOICES:
+        raise ValueError(f"jpeg_decode must be one of {JPEG_DECODE_CHOICES}, got {jpeg_decode!r}")
     device = torch.device(device)
     plan = plan or plan_inference(device)
     model = prepare_model(loaded.model, plan)
     prep = loaded.config.preprocessing
+    transform = build_transform(prep)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
-        PhotoDataset(paths, prep), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, pin_memory=device.type == "cuda",
+        PhotoDataset(paths, prep, raw_jpegs=jpeg_decode == "device"), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers else None,
     )
     chunks, order, digests, failures = [], [], [], []
-    decode_s = forward_s = 0.0
+    decode_s = forward_s = device_decode_s = 0.0
     started = time.perf_counter()
     bar = _progress_bar(len(paths), progress)
-    for indices, batch, batch_digests, bad, batch_decode_s in loader:
+    for indices, batch, batch_digests, bad, batch_decode_s, raw in loader:
+        if raw:
+            t0 = time.perf_counter()
+            raw_indices, raw_tensors, raw_digests, raw_bad = _decode_raw_on_device(raw, prep, plan.device, transform)
+            device_decode_s += time.perf_counter() - t0
+            bad = bad + raw_bad
+            if raw_tensors:
+                on_device = torch.stack(raw_tensors)
+                batch = on_device if batch is None else torch.cat([batch.to(plan.device), on_device])
+                indices = torch.cat([indices, torch.tensor(raw_indices, dtype=torch.long)])
+                batch_digests = batch_digests + raw_digests
+                # back in catalogue order, so vector ids do not depend on where photos were decoded
+                in_order = torch.argsort(indices)
+                batch, indices = batch[in_order.to(batch.device)], indices[in_order]
+                batch_digests = [batch_digests[i] for i in in_order.tolist()]
         failures.extend(bad)
         digests.extend(batch_digests)
         decode_s += batch_decode_s
@@ -107,6 +163,7 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
             # decode is summed over workers, so it can exceed the wall time when they overlap
             "decode_preprocess_s_total": round(decode_s, 3),
             "forward_s": round(forward_s, 3),
+            "device_decode_s": round(device_decode_s, 3),  # JPEGs decoded on the device, in this process
             "images_per_s": round(len(ok) / wall, 2) if wall > 0 else 0.0,
         } | plan.describe(),
     )

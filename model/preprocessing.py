@@ -256,10 +256,25 @@ def crop_to_box(img: Image.Image, box: Box) -> Image.Image:
     return img.crop((left, top, right, bottom))
 
 
+def fit_inside_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) of a photo scaled so its longer side is `size`: the letterbox's content."""
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def center_crop_region(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the source region that a center crop to size × size keeps."""
+    # Computed as the source region that lands in the crop and resampled alone, because scaling the
+    # whole photo first would turn a 40-megapixel strip one pixel tall into billions of pixels.
+    scale = size / min(width, height)
+    scaled_width, scaled_height = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (scaled_width - size) // 2, (scaled_height - size) // 2
+    to_source_x, to_source_y = width / scaled_width, height / scaled_height
+    return left * to_source_x, top * to_source_y, (left + size) * to_source_x, (top + size) * to_source_y
+
+
 def _fit_inside(img: Image.Image, size: int) -> Image.Image:
-    scale = size / max(img.width, img.height)
-    new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    return img.resize(new_size, Image.BILINEAR, reducing_gap=3.0)
+    return img.resize(fit_inside_size(img.width, img.height, size), Image.BILINEAR, reducing_gap=3.0)
 
 
 def resize_to_input(img: Image.Image, prep: Preprocessing) -> Image.Image:
@@ -268,16 +283,9 @@ def resize_to_input(img: Image.Image, prep: Preprocessing) -> Image.Image:
     width, height = img.size
     if prep.resize == "squash":
         return img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-    if prep.resize == "center-crop":
-        # Scale so the shorter side fits, then keep the middle: computed as the source region
-        # that lands in the crop and resampled alone, because scaling the whole photo first
-        # would turn a 40-megapixel strip one pixel tall into billions of pixels.
-        scale = size / min(width, height)
-        scaled_width, scaled_height = max(size, round(width * scale)), max(size, round(height * scale))
-        left, top = (scaled_width - size) // 2, (scaled_height - size) // 2
-        to_source_x, to_source_y = width / scaled_width, height / scaled_height
-        region = (left * to_source_x, top * to_source_y, (left + size) * to_source_x, (top + size) * to_source_y)
-        return img.resize((size, size), Image.BILINEAR, box=region, reducing_gap=3.0)
+    if prep.resize == "center-crop":  # scale so the shorter side fits, then keep the middle
+        return img.resize((size, size), Image.BILINEAR, box=center_crop_region(width, height, size),
+                          reducing_gap=3.0)
     resized = _fit_inside(img, size)
     canvas = Image.new("RGB", (size, size), tuple(round(m * 255) for m in prep.mean))
     canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
@@ -285,7 +293,7 @@ def resize_to_input(img: Image.Image, prep: Preprocessing) -> Image.Image:
 
 
 @functools.lru_cache(maxsize=16)
-def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+def normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(3, 256) float32: the normalised value of each 8-bit level per channel, computed with the
     same float32 operations a per-pixel (x / 255 - mean) / std would use, so a look-up gives the
     identical tensor in one pass over the pixels instead of four."""
@@ -295,7 +303,7 @@ def _normalising_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.nd
 
 def _normalise_into(img: Image.Image, prep: Preprocessing, out: np.ndarray) -> None:
     """Write the RGB image's normalised values into `out`, a (3, img.height, img.width) float32 view."""
-    table = _normalising_table(tuple(prep.mean), tuple(prep.std))
+    table = normalising_table(tuple(prep.mean), tuple(prep.std))
     pixels = np.asarray(img, dtype=np.uint8)
     for channel in range(3):
         np.take(table[channel], pixels[..., channel], out=out[channel])
