@@ -11,13 +11,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from model import LoadedModel
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
 from model.device_decode import decodable_on_device, decode_jpegs, transform_decoded
-from model.preprocessing import ImageDecodeError, build_transform, load_image
+from model.preprocessing import ImageDecodeError, build_transform, load_input_image
 
 
 JPEG_DECODE_CHOICES = ("workers", "device")
@@ -46,7 +46,7 @@ class PhotoDataset(Dataset):
             digest = hashlib.sha256(data).hexdigest()
             if self.raw_jpegs and decodable_on_device(data):
                 return index, RawJpeg(data), digest, time.perf_counter() - started
-            tensor = self.transform(load_image(io.BytesIO(data), target_size=self.prep.input_size))
+            tensor = self.transform(load_input_image(io.BytesIO(data), self.prep))
             return index, tensor, digest, time.perf_counter() - started
         except ImageDecodeError as exc:
             return index, None, str(exc), time.perf_counter() - started
@@ -65,7 +65,7 @@ def _collate(samples):
     raw = [(s[0], s[1].data, s[2]) for s in samples if isinstance(s[1], RawJpeg)]
     bad = [(s[0], s[2]) for s in samples if s[1] is None]
     indices = torch.tensor([s[0] for s in good], dtype=torch.long)
-    batch = torch.stack([s[1] for s in good]) if good else None
+    batch = default_collate([s[1] for s in good]) if good else None  # in a worker: straight into shared memory
     digests = [s[2] for s in good]
     decode_seconds = sum(s[3] for s in samples)
     return indices, batch, digests, bad, decode_seconds, raw
@@ -81,7 +81,7 @@ def _decode_raw_on_device(raw: list[tuple[int, bytes, str]], prep: Preprocessing
             tensor = transform_decoded(pixels, prep)
         else:
             try:
-                tensor = transform(load_image(io.BytesIO(data), target_size=prep.input_size)).to(device)
+                tensor = transform(load_input_image(io.BytesIO(data), prep)).to(device)
             except ImageDecodeError as exc:
                 bad.append((index, str(exc)))
                 continue

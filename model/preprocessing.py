@@ -55,15 +55,16 @@ class ImageDecodeError(ValueError):
 
 
 def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = None,
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
+               max_pixels: int = MAX_PIXELS, fit: str = "cover") -> Image.Image:
     """Decode a photo to an upright 8-bit RGB image; ImageDecodeError for anything else.
 
     Only the first frame of an animated GIF, WebP or PNG (and the first page of a TIFF) is used.
     The pixel count is checked from the header, before any pixel data is decoded.
 
     `target_size` lets JPEG decoding run at a reduced scale (libjpeg's DCT scaling) when the photo
-    is much larger than the network input: the result is never smaller than target_size on its
-    shorter side, so the later resize sees the same detail.
+    is much larger than the network input, never below what the later resize needs: with
+    fit="cover" (squash, center-crop) target_size on the shorter side; with fit="contain" (letterbox)
+    target_size on the longer side, so a 768×1024 photo decodes at 1/4 scale instead of 1/2.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
@@ -82,7 +83,8 @@ def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = 
                     raise ImageDecodeError(
                         f"image is {width}x{height} pixels, more than the {max_pixels} allowed")
                 if target_size and img.format == "JPEG":
-                    img.draft("RGB", (target_size, target_size))
+                    img.draft("RGB", (target_size, target_size) if fit == "cover"
+                              else fit_inside_size(width, height, target_size))
                 img.load()
                 return _to_rgb(_upright(img))
     except ImageDecodeError:
@@ -333,5 +335,12 @@ def build_transform(prep: Preprocessing) -> Callable[[Image.Image], torch.Tensor
     return transform
 
 
+def load_input_image(source: str | Path | bytes | BinaryIO, prep: Preprocessing,
+                     max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """load_image, decoding a large JPEG only as finely as `prep`'s resize needs."""
+    return load_image(source, target_size=prep.input_size, max_pixels=max_pixels,
+                      fit="contain" if prep.resize == "letterbox" else "cover")
+
+
 def load_and_transform(source: str | Path | bytes | BinaryIO, prep: Preprocessing) -> torch.Tensor:
-    return build_transform(prep)(load_image(source, target_size=prep.input_size))
+    return build_transform(prep)(load_input_image(source, prep))

@@ -12,7 +12,7 @@ import numpy as np
 from indexer.store import OpenedIndex, open_index
 from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model, resolve_device
-from model.preprocessing import Box, crop_to_box
+from model.preprocessing import Box, crop_to_box, load_input_image
 
 from .filters import search_params_for
 from .placement import GPU_MAX_K, place_index
@@ -55,7 +55,7 @@ class Embedder:
         Raises ImageDecodeError for bad bytes and BoxError for a box outside the photo.
         """
         if box is None:
-            img = load_image(image_bytes, target_size=self.preprocessing.input_size)
+            img = load_input_image(image_bytes, self.preprocessing)
         else:
             # Full-resolution decode: box coordinates are in the photo's own (upright) pixels, and
             # a small box needs all of them.

@@ -321,6 +321,19 @@ def test_jpeg_draft_is_never_smaller_than_target(width, height, target):
     assert _close(small.getpixel((small.width - 3, small.height // 2)), GREEN, tol=30)
 
 
+def test_letterbox_decodes_a_large_jpeg_only_as_finely_as_its_longer_side_needs():
+    from model.preprocessing import load_input_image
+
+    data = _encode(_stripes(768, 1024, [RED, GREEN]), "JPEG", quality=90)
+    letterbox = Preprocessing(input_size=224, mean=LITE_MEAN, std=LITE_STD, resize="letterbox")
+    crop = Preprocessing(input_size=224, mean=LITE_MEAN, std=LITE_STD, resize="center-crop")
+    assert load_input_image(data, letterbox).size == (192, 256)  # 1/4 scale: the longer side still >= 224
+    assert load_input_image(data, crop).size == (384, 512)  # the crop fills 224 with the shorter side
+    fine = build_transform(letterbox)(load_image(data))
+    coarse = load_and_transform(data, letterbox)
+    assert (coarse - fine).abs().mean() < 0.02  # the same picture at the network's resolution
+
+
 def test_target_size_larger_than_photo_changes_nothing():
     data = _encode(_noise(120, 90), "JPEG")
     assert load_image(data, target_size=224).size == (120, 90)
@@ -334,7 +347,8 @@ def test_target_size_larger_than_photo_changes_nothing():
 def test_load_and_transform_equals_load_image_then_transform(fmt, size, prep):
     data = _encode(_noise(*size, seed=3), fmt)
     out = load_and_transform(data, prep)
-    expected = build_transform(prep)(load_image(data, target_size=prep.input_size))
+    fit = "contain" if prep.resize == "letterbox" else "cover"
+    expected = build_transform(prep)(load_image(data, target_size=prep.input_size, fit=fit))
     assert out.shape == (3, prep.input_size, prep.input_size)
     assert torch.equal(out, expected)
     if fmt == "PNG":
