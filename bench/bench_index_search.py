@@ -90,6 +90,9 @@ def main() -> int:
     from indexer.build import BuildOptions, build_index
     from indexer.catalog import discover_images
     from indexer.store import read_manifest
+    from model.cpu_runtime import keep_freed_memory
+
+    keep_freed_memory()  # as `python -m indexer build` does
 
     if not args.images.is_dir():
         raise SystemExit(f"no image folder at {args.images}; pass --images")
