@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from model import LoadedModel, load_model
-from model.inference import plan_inference, resolve_device
+from model.inference import resolve_device
 
 from .catalog import CatalogEntry, relative_to_root
 from .change import change_index
-from .encode import encode_paths
+from .encode import EncodingOptions
 from .history import MAX_LISTED, revised_manifest
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .metadata_edit import append_images, count_rows, duplicate_groups, photos_by_hash, photos_by_path
@@ -31,18 +31,11 @@ log = logging.getLogger("snap2shop.indexer")
 
 
 @dataclass(frozen=True)
-class AddOptions:
+class AddOptions(EncodingOptions):
     index: Path
     images: Path | None = None
     catalog: Path | None = None
     model_spec: str | None = None  # default: the model the index was built with
-    batch_size: int = 32
-    device: str = "auto"
-    precision: str = "auto"
-    compile_backend: str | None = None  # torch.compile backend; None: eager
-    jpeg_decode: str = "workers"  # or "device": see indexer.encode.encode_paths
-    workers: int | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -109,10 +102,7 @@ def _encode_new(triage: _Triage, options: AddOptions, live: OpenedIndex) -> tupl
     device = resolve_device(options.device)
     log.info("encoding %d new photos on %s (%d already indexed)", len(triage.new), device,
              len(triage.already_indexed))
-    encoded = encode_paths([e.path for e in triage.new], loaded, batch_size=options.batch_size, device=device,
-                           workers=options.workers, progress=options.progress,
-                           plan=plan_inference(device, options.precision, options.compile_backend),
-                           jpeg_decode=options.jpeg_decode)
+    encoded = options.encode([e.path for e in triage.new], loaded, device)
     triage.undecodable = skipped_photos(triage.new, encoded)
     first_id = live.faiss_index.ntotal
     rows = [ImageRow(vector_id=first_id + k, item_id=triage.new[i].item_id, path=triage.stored_paths[i],

@@ -11,11 +11,11 @@ import faiss
 import torch
 
 from model import DEFAULT_MODEL_SPEC, LoadedModel, load_model
-from model.inference import plan_inference, resolve_device
+from model.inference import resolve_device
 
 from . import __version__
 from .catalog import CatalogEntry, image_root_for, relative_to_root
-from .encode import EncodeResult, encode_paths
+from .encode import EncodeResult, EncodingOptions
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
 from .index_choice import AUTO, apply_search_defaults, choose_index
@@ -26,19 +26,12 @@ log = logging.getLogger("snap2shop.indexer")
 
 
 @dataclass(frozen=True)
-class BuildOptions:
+class BuildOptions(EncodingOptions):
     out: Path
     images: Path | None = None
     catalog: Path | None = None
     model_spec: str = DEFAULT_MODEL_SPEC
-    batch_size: int = 32
-    device: str = "auto"
-    precision: str = "auto"
     index_factory: str = AUTO
-    compile_backend: str | None = None  # torch.compile backend; None: eager
-    jpeg_decode: str = "workers"  # or "device": see indexer.encode.encode_paths
-    workers: int | None = None
-    progress: bool = True
 
 
 def read_catalog(options: BuildOptions) -> list[CatalogEntry]:
@@ -57,10 +50,7 @@ def build_index(options: BuildOptions) -> Path:
 
     out = Path(options.out)
     with writer_lock(out), staged_version(out) as staging:
-        encoded = encode_paths([e.path for e in entries], loaded, batch_size=options.batch_size,
-                               device=device, workers=options.workers, progress=options.progress,
-                               plan=plan_inference(device, options.precision, options.compile_backend),
-                               jpeg_decode=options.jpeg_decode)
+        encoded = options.encode([e.path for e in entries], loaded, device)
         skipped = skipped_photos(entries, encoded)
         require_some_usable(len(entries), len(encoded.ok_indices), skipped)
         _write_version(staging, options, entries, encoded, loaded, device, skipped, started)

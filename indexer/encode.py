@@ -100,6 +100,23 @@ class EncodeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EncodingOptions:
+    """How `indexer build` and `indexer add` encode photos."""
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "auto"
+    compile_backend: str | None = None  # torch.compile backend; None: eager
+    jpeg_decode: str = "workers"  # or "device": see encode_paths
+    workers: int | None = None
+    progress: bool = True
+
+    def encode(self, paths: Sequence[Path], loaded: LoadedModel, device: torch.device) -> "EncodeResult":
+        return encode_paths(paths, loaded, batch_size=self.batch_size, device=device, workers=self.workers,
+                            progress=self.progress, plan=plan_inference(device, self.precision, self.compile_backend),
+                            jpeg_decode=self.jpeg_decode)
+
+
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 

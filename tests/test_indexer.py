@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import build as build_module
+from indexer import encode as encode_module
 from indexer.__main__ import main
 from indexer.build import BuildOptions, build_index
 from indexer.encode import encode_paths
@@ -326,7 +326,7 @@ def test_invalid_factory_fails_before_encoding(tmp_path, tiny_checkpoint, small_
     def must_not_encode(*args, **kwargs):
         raise AssertionError("encode_paths ran although the factory string is invalid")
 
-    monkeypatch.setattr(build_module, "encode_paths", must_not_encode)
+    monkeypatch.setattr(encode_module, "encode_paths", must_not_encode)
     started = time.perf_counter()
     with pytest.raises(IndexBuildError) as info:
         _build(out, tiny_checkpoint, images=small_folder, index_factory="NotAnIndex")
