@@ -25,9 +25,9 @@ fi
 step() {  # name, then bench_encode arguments; a failed step is reported and the others still run
   local name=$1; shift
   echo "== $name"
-  if ! timeout 300 "$PY" bench/bench_encode.py --images "$IMAGES" "${common[@]}" "$@" --json "$OUT/$name.json"; then
-    echo "!! $name failed (exit $?)"
-  fi
+  timeout 300 "$PY" bench/bench_encode.py --images "$IMAGES" "${common[@]}" "$@" --json "$OUT/$name.json"
+  local rc=$?
+  [ "$rc" -eq 0 ] || echo "!! $name failed (exit $rc)"
 }
 
 step resnet50-eager "${resnet[@]}"
