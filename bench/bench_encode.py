@@ -3,6 +3,7 @@
     python bench/bench_encode.py [--images ../shared/data/fashion-products/images] [--limit N]
                                  [--large 1024] [--model efficientnet-lite0] [--batch-size 32]
                                  [--workers 0,1,2] [--compile] [--jpeg-decode workers|device]
+                                 [--decode-priority auto|idle|normal]
                                  [--json out.json]
 
 Model-only: forward passes on tensors already in memory, same model, batch and precision.
@@ -43,11 +44,11 @@ def model_only_rate(loaded, plan, batch_size: int, images: int) -> float:
 
 
 def end_to_end_rate(paths: list[Path], loaded, plan, batch_size: int, workers: int,
-                    jpeg_decode: str = "workers") -> tuple[float, dict]:
+                    jpeg_decode: str = "workers", decode_priority: str = "auto") -> tuple[float, dict]:
     from indexer.encode import encode_paths
 
     result = encode_paths(paths, loaded, batch_size=batch_size, device=plan.device, workers=workers,
-                          progress=False, plan=plan, jpeg_decode=jpeg_decode)
+                          progress=False, plan=plan, jpeg_decode=jpeg_decode, decode_priority=decode_priority)
     if result.failures:
         raise SystemExit(f"{len(result.failures)} photos failed, e.g. {result.failures[0]}")
     return len(paths) / result.timings["wall_s"], result.timings
@@ -82,6 +83,8 @@ def main() -> int:
                         help="torch.compile the model, for both the ceiling and the end-to-end run")
     parser.add_argument("--jpeg-decode", choices=("workers", "device"), default="workers",
                         help="device: JPEGs decoded by torchvision on the model's device (nvJPEG on a GPU)")
+    parser.add_argument("--decode-priority", choices=("auto", "idle", "normal"), default="auto",
+                        help="the decoding processes' CPU priority, as `indexer build --decode-priority`")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-keep-freed-memory", action="store_true",
                         help="leave glibc's malloc as it is (the indexer CLI tunes it: model/cpu_runtime.py)")
@@ -114,7 +117,8 @@ def main() -> int:
             # This machine's speed drifts by several percent over minutes: the ceiling is measured
             # right before and right after each run and averaged.
             before = ceiling_now()
-            rate, timings = end_to_end_rate(photos, loaded, plan, args.batch_size, workers, args.jpeg_decode)
+            rate, timings = end_to_end_rate(photos, loaded, plan, args.batch_size, workers, args.jpeg_decode,
+                                            args.decode_priority)
             ceiling = (before + ceiling_now()) / 2
             rows.append({"photos": name, "count": len(photos), "workers": workers, "img_per_s": round(rate, 2),
                          "model_only_img_per_s": round(ceiling, 2), "ratio": round(rate / ceiling, 3),
@@ -122,10 +126,11 @@ def main() -> int:
             print(f"{name:<22} {len(photos):>6} photos  workers={workers}  {rate:7.2f} img/s  "
                   f"model-only {ceiling:7.2f} img/s  ratio {rate / ceiling:.3f}", flush=True)
     print(f"{plan.describe()}; batch {args.batch_size}; JPEG decoding in {args.jpeg_decode}; "
+          f"decode priority {args.decode_priority}; "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; malloc {'tuned' if malloc_tuned else 'as is'}")
     if args.json:
         args.json.write_text(json.dumps({"plan": plan.describe(), "batch_size": args.batch_size, "model": args.model,
-                                         "jpeg_decode": args.jpeg_decode, "malloc_tuned": malloc_tuned, "rows": rows}, indent=2) + "\n")
+                                         "jpeg_decode": args.jpeg_decode, "decode_priority": args.decode_priority, "malloc_tuned": malloc_tuned, "rows": rows}, indent=2) + "\n")
     scratch.cleanup()
     return 0
 

@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "fashion-products" / "images"
 
 from bench_index_search import percentile, wait_healthy  # noqa: E402
+from lean_http import Connection, HTTPResponseError, multipart_body  # noqa: E402
 
 
 def shopper_photos(photos: list[Path], count: int) -> list[bytes]:
@@ -47,37 +48,66 @@ def shopper_photos(photos: list[Path], count: int) -> list[bytes]:
     return uploads
 
 
-async def run_load(base: str, uploads: list[bytes], total: int, concurrency: int,
-                   on_progress) -> tuple[list[float], Counter, Counter, float]:
-    import httpx
+CLIENTS = ("lean", "httpx")
 
+
+async def run_load(base: str, uploads: list[bytes], total: int, concurrency: int,
+                   on_progress, client: str = "lean") -> tuple[list[float], Counter, Counter, float]:
+    """`total` searches from `concurrency` keep-alive connections. `client`: "lean" (bench/lean_http.py,
+    which leaves the shared cores to the server) or "httpx" (what an application would likely use)."""
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
     latencies: list[float] = []
     statuses: Counter = Counter()
     versions: Counter = Counter()
     issued = 0
+    failures_counted: tuple[type[BaseException], ...] = (
+        OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HTTPResponseError, ValueError)
+    if client == "httpx":
+        import httpx
 
-    async def worker(client: httpx.AsyncClient) -> None:
+        failures_counted += (httpx.HTTPError,)
+
+    async def worker(post) -> None:
         nonlocal issued
         while issued < total:
             n = issued
             issued += 1
             started = time.perf_counter()
             try:
-                response = await client.post(f"{base}/search", params={"k": 10},
-                                             files={"image": ("shopper.jpg", uploads[n % len(uploads)], "image/jpeg")})
-                status = response.status_code
+                status, body = await asyncio.wait_for(post(uploads[n % len(uploads)]), timeout=120)
                 if status == 200:
-                    versions[response.json()["index_version"]] += 1
-            except httpx.HTTPError as exc:
+                    versions[json.loads(body)["index_version"]] += 1
+            except failures_counted as exc:
                 status = type(exc).__name__
             latencies.append((time.perf_counter() - started) * 1e3)
             statuses[status] += 1
             on_progress(len(latencies))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    if client == "lean":
+        connections = [Connection(base) for _ in range(concurrency)]
+
+        def lean_post(connection: Connection):
+            async def post(photo: bytes) -> tuple[int, bytes]:
+                content_type, body = multipart_body("image", "shopper.jpg", photo, "image/jpeg")
+                return await connection.post("/search?k=10", body, content_type)
+            return post
+
+        try:
+            await asyncio.gather(*(worker(lean_post(c)) for c in connections))
+        finally:
+            for connection in connections:
+                await connection.close()
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as session:
+            async def httpx_post(photo: bytes) -> tuple[int, bytes]:
+                response = await session.post(f"{base}/search", params={"k": 10},
+                                              files={"image": ("shopper.jpg", photo, "image/jpeg")})
+                return response.status_code, response.content
+
+            await asyncio.gather(*(worker(httpx_post) for _ in range(concurrency)))
     return latencies, statuses, versions, time.perf_counter() - started
 
 
@@ -92,6 +122,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--distinct-uploads", type=int, default=200)
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--client", choices=CLIENTS, default="lean",
+                        help="HTTP client of the load (lean: bench/lean_http.py, light on the shared CPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -142,7 +174,7 @@ def main() -> int:
 
         before = httpx.get(f"{base}/readyz").json()["index_version"]
         latencies, statuses, versions, wall = asyncio.run(
-            run_load(base, uploads, args.requests, args.concurrency, on_progress))
+            run_load(base, uploads, args.requests, args.concurrency, on_progress, args.client))
         if adder.ident is not None:  # started
             adder.join()
         ready = httpx.get(f"{base}/readyz").json()
@@ -160,7 +192,7 @@ def main() -> int:
         "version_after": ready["index_version"], "vectors_after": ready["vectors"], "swap": swap,
         "server_steps_p50_ms": {k: v["p50_ms"] for k, v in server_stats["steps_ms"].items()},
         "mean_batch_size": server_stats["mean_batch_size"], "model": args.model, "catalogue": args.initial,
-        "cpus": os.cpu_count(),
+        "cpus": os.cpu_count(), "client": args.client,
     }
     print(json.dumps(figures, indent=2))
     if args.json:

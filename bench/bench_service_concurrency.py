@@ -2,11 +2,13 @@
 
     python bench/bench_service_concurrency.py --index INDEX_DIR [--concurrency 1,8,32]
         [--requests-per-client 25] [--batch-max-size 16] [--images ../shared/data/fashion-products/images]
+        [--client lean|httpx]
 
 Uploads are shopper-like altered copies of catalogue photos. For each concurrency: p50/p95/p99
 latency, req/s and the mean forward-pass batch the micro-batcher formed (from /stats). The floor is
 the model's own forward time for one image, measured in this process before the server starts and after it stops:
-the c=1 p50 divided by it says what the HTTP, decoding and search around the model cost.
+the c=1 p50 divided by it says what the HTTP, decoding and search around the model cost. The client
+runs on the same cores as the server; the default one (bench/lean_http.py) keeps its own cost small.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "fashion-products" / "images"
 
 from bench_index_search import percentile, wait_healthy  # noqa: E402
-from bench_load import run_load, shopper_photos  # noqa: E402
+from bench_load import CLIENTS, run_load, shopper_photos  # noqa: E402
 
 
 def single_image_forward_ms(model_spec: str, repeats: int = 50) -> float:
@@ -70,6 +72,8 @@ def main() -> int:
     parser.add_argument("--min-requests", type=int, default=200)
     parser.add_argument("--batch-max-size", type=int, default=16)
     parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--client", choices=CLIENTS, default="lean",
+                        help="HTTP client of the load (lean: bench/lean_http.py, light on the shared CPU)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -93,11 +97,12 @@ def main() -> int:
     rows = []
     try:
         wait_healthy(base, service)
-        asyncio.run(run_load(base, uploads, 20, 4, lambda done: None))  # warm-up
+        asyncio.run(run_load(base, uploads, 20, 4, lambda done: None, args.client))  # warm-up
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             photos_before, passes_before = forward_passes(base)
             total = max(args.min_requests, concurrency * args.requests_per_client)
-            latencies, statuses, _, wall = asyncio.run(run_load(base, uploads, total, concurrency, lambda done: None))
+            latencies, statuses, _, wall = asyncio.run(run_load(base, uploads, total, concurrency, lambda done: None,
+                                                                args.client))
             stats = httpx.get(f"{base}/stats").json()
             photos_after, passes_after = forward_passes(base)
             rows.append({"concurrency": concurrency, "requests": total, "failures": sum(v for k, v in statuses.items() if k != 200),
@@ -111,7 +116,7 @@ def main() -> int:
     forward_after_ms = single_image_forward_ms(manifest["model"]["spec"])
     forward_ms = (forward_before_ms + forward_after_ms) / 2
     print(f"model forward, one image: {forward_ms:.1f} ms (before {forward_before_ms:.1f}, after {forward_after_ms:.1f}; "
-          f"{manifest['model']['spec']}, {os.cpu_count()} CPUs)")
+          f"{manifest['model']['spec']}, {os.cpu_count()} CPUs; client {args.client})")
     print(f"{'c':>3} {'requests':>8} {'fail':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}  batch")
     for row in rows:
         print(f"{row['concurrency']:>3} {row['requests']:>8} {row['failures']:>4} {row['p50_ms']:>8} {row['p95_ms']:>8} "
@@ -121,7 +126,7 @@ def main() -> int:
         print(f"c=1 p50 / single-image forward = {ratio:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"forward_ms": round(forward_ms, 2), "forward_before_ms": round(forward_before_ms, 2),
-                                         "forward_after_ms": round(forward_after_ms, 2), "c1_ratio": ratio and round(ratio, 3),
+                                         "forward_after_ms": round(forward_after_ms, 2), "c1_ratio": ratio and round(ratio, 3), "client": args.client,
                                          "rows": rows}, indent=2) + "\n")
     return 0
 

@@ -90,6 +90,9 @@ def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-decode", choices=("workers", "device"), default="workers",
                         help="where JPEGs are decoded: in the worker processes (default), or on the model's "
                              "device with torchvision's decode_jpeg (nvJPEG on a GPU) when the CPUs cannot keep up")
+    parser.add_argument("--decode-priority", choices=("auto", "idle", "normal"), default="auto",
+                        help="idle: the decoding processes run only on CPU time nothing else wants, so they never "
+                             "stall the model's threads; auto (default): idle when the model runs on the CPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -102,6 +105,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         out=args.out, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
         index_factory=args.index_factory, compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
+        decode_priority=args.decode_priority,
         workers=args.workers, progress=not args.quiet,
     ))
     from .store import read_manifest
@@ -131,6 +135,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         index=args.index, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
         compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
+        decode_priority=args.decode_priority,
         workers=args.workers, progress=not args.quiet,
     ))
     already = result.already_indexed

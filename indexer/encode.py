@@ -16,11 +16,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from model import LoadedModel
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
+from model.cpu_runtime import yield_cpu_to_others
 from model.device_decode import decodable_on_device, decode_jpegs, transform_decoded
 from model.preprocessing import ImageDecodeError, build_transform, load_input_image
 
 
 JPEG_DECODE_CHOICES = ("workers", "device")
+DECODE_PRIORITY_CHOICES = ("auto", "idle", "normal")
 
 
 class PhotoDataset(Dataset):
@@ -108,13 +110,18 @@ class EncodingOptions:
     precision: str = "auto"
     compile_backend: str | None = None  # torch.compile backend; None: eager
     jpeg_decode: str = "workers"  # or "device": see encode_paths
+    decode_priority: str = "auto"  # or "idle", "normal": see encode_paths
     workers: int | None = None
     progress: bool = True
 
     def encode(self, paths: Sequence[Path], loaded: LoadedModel, device: torch.device) -> "EncodeResult":
         return encode_paths(paths, loaded, batch_size=self.batch_size, device=device, workers=self.workers,
                             progress=self.progress, plan=plan_inference(device, self.precision, self.compile_backend),
-                            jpeg_decode=self.jpeg_decode)
+                            jpeg_decode=self.jpeg_decode, decode_priority=self.decode_priority)
+
+
+def _decoder_yielding_to_model(_worker_id: int) -> None:
+    yield_cpu_to_others()
 
 
 def default_workers() -> int:
@@ -124,13 +131,20 @@ def default_workers() -> int:
 def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 32,
                  device: torch.device | str = "cpu", workers: int | None = None,
                  progress: bool = True, plan: InferencePlan | None = None,
-                 jpeg_decode: str = "workers") -> EncodeResult:
+                 jpeg_decode: str = "workers", decode_priority: str = "auto") -> EncodeResult:
     """`jpeg_decode`: "workers" decodes every photo in the worker processes; "device" decodes JPEGs
-    on the plan's device (nvJPEG on a GPU), batch by batch, and leaves the workers the reading."""
+    on the plan's device (nvJPEG on a GPU), batch by batch, and leaves the workers the reading.
+
+    `decode_priority`: "idle" runs the worker processes only on CPU time nothing else wants (see
+    model/cpu_runtime.yield_cpu_to_others), "normal" as any process; "auto" is idle when the model
+    runs on the CPU, where the workers and the model share the cores, and normal beside a GPU."""
     if jpeg_decode not in JPEG_DECODE_CHOICES:
         raise ValueError(f"jpeg_decode must be one of {JPEG_DECODE_CHOICES}, got {jpeg_decode!r}")
+    if decode_priority not in DECODE_PRIORITY_CHOICES:
+        raise ValueError(f"decode_priority must be one of {DECODE_PRIORITY_CHOICES}, got {decode_priority!r}")
     device = torch.device(device)
     plan = plan or plan_inference(device)
+    idle_decoders = decode_priority == "idle" or (decode_priority == "auto" and plan.device.type == "cpu")
     model = prepare_model(loaded.model, plan)
     prep = loaded.config.preprocessing
     transform = build_transform(prep)
@@ -139,6 +153,7 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
         PhotoDataset(paths, prep, raw_jpegs=jpeg_decode == "device"), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers else None,
+        worker_init_fn=_decoder_yielding_to_model if idle_decoders else None,
     )
     chunks, order, digests, failures = [], [], [], []
     decode_s = forward_s = device_decode_s = 0.0

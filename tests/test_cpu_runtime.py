@@ -92,3 +92,22 @@ def test_without_threads_the_batcher_leaves_torch_alone():
     code = _THREADS_AFTER_BATCHER.replace("threads=3", "threads=None").replace(
         "import asyncio", "import torch; torch.set_num_threads(2)\nimport asyncio")
     assert _python(code) == {"worker": 2, "worker_again": 2, "later": 2, "creator": 2}
+
+
+_POLICY_AFTER_YIELD = """
+import json, os, threading
+from model.cpu_runtime import yield_cpu_to_others
+yielded = yield_cpu_to_others()
+seen = {}
+thread = threading.Thread(target=lambda: seen.update(thread=os.sched_getscheduler(0))); thread.start(); thread.join()
+print(json.dumps({"yielded": yielded, "main": os.sched_getscheduler(0), "thread": seen["thread"]}))
+"""
+
+
+def test_a_process_that_yields_runs_idle_and_so_do_its_later_threads():
+    result = _python(_POLICY_AFTER_YIELD)
+    if not hasattr(os, "SCHED_IDLE"):
+        assert result["yielded"] is False
+        return
+    assert result == {"yielded": True, "main": os.SCHED_IDLE, "thread": os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own process never changed

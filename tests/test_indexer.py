@@ -548,6 +548,33 @@ def test_encode_with_worker_processes_matches_in_process(tiny_checkpoint, synthe
     assert parallel.embeddings.shape == (10, 32)
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("priority, expected", [("auto", "SCHED_IDLE"), ("idle", "SCHED_IDLE"), ("normal", "SCHED_OTHER")])
+def test_decoding_workers_yield_the_cpu_to_a_model_on_the_cpu(tiny_checkpoint, synthetic_catalog, tmp_path,
+                                                             monkeypatch, priority, expected):
+    # Each worker notes its scheduling policy as it decodes: the DataLoader forks, so the patched
+    # method runs in the workers, and the notes come back through files.
+    notes = tmp_path / "policies"
+    notes.mkdir()
+    decode = encode_module.PhotoDataset.__getitem__
+
+    def noting_policy(self, index):
+        (notes / f"{os.getpid()}-{index}").write_text(str(os.sched_getscheduler(0)))
+        return decode(self, index)
+
+    monkeypatch.setattr(encode_module.PhotoDataset, "__getitem__", noting_policy)
+    paths = sorted((synthetic_catalog.parent / "images").glob("*.jpg"))[:6]
+    loaded = load_model(str(tiny_checkpoint))
+    result = encode_paths(paths, loaded, batch_size=2, device="cpu", workers=2, progress=False,
+                          decode_priority=priority)
+    assert result.ok_indices.tolist() == list(range(6))
+    policies = {int(note.read_text()) for note in notes.iterdir()}
+    assert len(list(notes.iterdir())) == 6 and policies == {getattr(os, expected)}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the model's own process is untouched
+    with pytest.raises(ValueError, match="decode_priority"):
+        encode_paths(paths, loaded, workers=0, progress=False, decode_priority="low")
+
+
 def test_encode_paths_all_bad_returns_empty(tiny_checkpoint, tmp_path):
     bad = [tmp_path / "a.jpg", tmp_path / "b.png"]
     for p in bad:
