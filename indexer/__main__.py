@@ -93,6 +93,11 @@ def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-priority", choices=("auto", "idle", "normal"), default="auto",
                         help="idle: the decoding processes run only on CPU time nothing else wants, so they never "
                              "stall the model's threads; auto (default): idle when the model runs on the CPU")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: decode and embed on Ray Data (a local Ray, or the cluster at --ray-address); "
+                             "needs requirements-ray.txt")
+    parser.add_argument("--ray-address", help="a running Ray cluster (ray://host:10001 or host:6379); implies --engine ray")
+    parser.add_argument("--ray-actors", type=_positive_int, help="embedding actors (default: one per GPU, else one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -105,7 +110,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         out=args.out, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
         index_factory=args.index_factory, compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
-        decode_priority=args.decode_priority,
+        decode_priority=args.decode_priority, engine="ray" if args.ray_address else args.engine,
+        ray_address=args.ray_address, ray_actors=args.ray_actors,
         workers=args.workers, progress=not args.quiet,
     ))
     from .store import read_manifest
@@ -135,7 +141,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         index=args.index, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
         compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
-        decode_priority=args.decode_priority,
+        decode_priority=args.decode_priority, engine="ray" if args.ray_address else args.engine,
+        ray_address=args.ray_address, ray_actors=args.ray_actors,
         workers=args.workers, progress=not args.quiet,
     ))
     already = result.already_indexed

@@ -23,6 +23,7 @@ from model.preprocessing import ImageDecodeError, build_transform, load_input_im
 
 JPEG_DECODE_CHOICES = ("workers", "device")
 DECODE_PRIORITY_CHOICES = ("auto", "idle", "normal")
+ENGINES = ("local", "ray")
 
 
 class PhotoDataset(Dataset):
@@ -113,8 +114,19 @@ class EncodingOptions:
     decode_priority: str = "auto"  # or "idle", "normal": see encode_paths
     workers: int | None = None
     progress: bool = True
+    engine: str = "local"  # or "ray": see ray_engine.encode_paths_on_ray
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
     def encode(self, paths: Sequence[Path], loaded: LoadedModel, device: torch.device) -> "EncodeResult":
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "ray":
+            from .ray_engine import encode_paths_on_ray
+
+            return encode_paths_on_ray(paths, loaded, batch_size=self.batch_size, device=self.device,
+                                       precision=self.precision, address=self.ray_address,
+                                       actors=self.ray_actors, progress=self.progress)
         return encode_paths(paths, loaded, batch_size=self.batch_size, device=device, workers=self.workers,
                             progress=self.progress, plan=plan_inference(device, self.precision, self.compile_backend),
                             jpeg_decode=self.jpeg_decode, decode_priority=self.decode_priority)
