@@ -102,6 +102,16 @@ class EncodeResult:
     failures: list[tuple[int, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_chunks(cls, chunks: list[np.ndarray], order: list[np.ndarray], sha256: list[str],
+                    failures: list[tuple[int, str]], dim: int, timings: dict) -> "EncodeResult":
+        """Joins an engine's per-batch embeddings and catalogue positions (both in catalogue order)."""
+        embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
+        ok = np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
+        wall = timings.get("wall_s", 0)
+        timings = {"images_per_s": round(len(ok) / wall, 2) if wall > 0 else 0.0} | timings
+        return cls(embeddings=embeddings, ok_indices=ok, sha256=sha256, failures=sorted(failures), timings=timings)
+
 
 @dataclass(frozen=True, kw_only=True)
 class EncodingOptions:
@@ -197,20 +207,13 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
         bar.update(len(indices) + len(bad))
     bar.close()
     wall = time.perf_counter() - started
-    dim = loaded.model.embedding_dim
-    embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
-    ok = np.concatenate(order) if order else np.zeros(0, np.int64)
-    return EncodeResult(
-        embeddings=embeddings, ok_indices=ok, sha256=digests, failures=sorted(failures),
-        timings={
-            "wall_s": round(wall, 3),
-            # decode is summed over workers, so it can exceed the wall time when they overlap
-            "decode_preprocess_s_total": round(decode_s, 3),
-            "forward_s": round(forward_s, 3),
-            "device_decode_s": round(device_decode_s, 3),  # JPEGs decoded on the device, in this process
-            "images_per_s": round(len(ok) / wall, 2) if wall > 0 else 0.0,
-        } | plan.describe(),
-    )
+    return EncodeResult.from_chunks(chunks, order, digests, failures, loaded.model.embedding_dim, timings={
+        "wall_s": round(wall, 3),
+        # decode is summed over workers, so it can exceed the wall time when they overlap
+        "decode_preprocess_s_total": round(decode_s, 3),
+        "forward_s": round(forward_s, 3),
+        "device_decode_s": round(device_decode_s, 3),  # JPEGs decoded on the device, in this process
+    } | plan.describe())
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -159,18 +159,12 @@ def _encode(ray, paths, loaded: LoadedModel, batch_size: int, device: str, preci
         for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             ok = batch["ok"].astype(bool)
             chunks.append(batch["embedding"][ok])
-            order.append(batch["index"][ok].astype(np.int64))
+            order.append(batch["index"][ok])
             digests.extend(str(n) for n in batch["note"][ok])
             failures.extend((int(i), str(n)) for i, n in zip(batch["index"][~ok], batch["note"][~ok]))
     except Exception as exc:  # a stage's exception arrives wrapped in Ray's own types
         cause = exc.__cause__ if isinstance(exc.__cause__, RayEngineError) else exc
         raise RayEngineError(f"Ray encoding failed: {str(cause).strip().splitlines()[-1]}") from None
-    wall = time.perf_counter() - started
-    dim = loaded.model.embedding_dim
-    embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
-    ok_indices = np.concatenate(order) if order else np.zeros(0, np.int64)
-    return EncodeResult(
-        embeddings=embeddings, ok_indices=ok_indices, sha256=digests, failures=sorted(failures),
-        timings={"wall_s": round(wall, 3), "images_per_s": round(len(ok_indices) / wall, 2) if wall > 0 else 0.0,
-                 "engine": "ray", "ray_actors": actors, "device": "cuda" if use_gpu else "cpu"},
-    )
+    return EncodeResult.from_chunks(chunks, order, digests, failures, loaded.model.embedding_dim, timings={
+        "wall_s": round(time.perf_counter() - started, 3), "engine": "ray", "ray_actors": actors,
+        "device": "cuda" if use_gpu else "cpu"})
