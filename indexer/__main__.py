@@ -8,6 +8,9 @@ info    print what an index holds
 
 Every change is written beside the live version and published atomically: a writer that fails or is
 killed leaves the previous version live and intact.
+
+Vectors live in FAISS (a file in the index folder; the default) or in Milvus (`--store milvus
+--milvus-uri URI`, one collection per version; a URI ending in .db is an embedded Milvus Lite file).
 """
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
                        help="backbone name (efficientnet-lite0, resnet50[:imagenet|none|PATH], ...) or a .safetensors checkpoint")
     build.add_argument("--index-factory", default="auto",
                        help="FAISS index factory string, or auto (default): exact search (Flat) while it is fast, "
-                            "IVF with ~4*sqrt(N) lists and nprobe 16 for larger catalogues")
+                            "IVF with ~4*sqrt(N) lists and nprobe 16 for larger catalogues; with --store milvus: "
+                            "Flat, HNSW<M>, IVF<n>,Flat, IVF<n>,SQ8 or IVF<n>,PQ<m> (the Milvus index of that kind)")
+    _add_store_options(build, building=True)
     _add_encoding_options(build)
 
     add = verbs.add_parser("add", help="encode new photos and publish them as a new version of an index",
@@ -58,6 +63,7 @@ def make_parser() -> argparse.ArgumentParser:
     add.add_argument("--model", default=None,
                      help="where the index's model is now (default: the one its manifest names); "
                           "its weights must be the ones the index was built with")
+    _add_store_options(add)
     _add_encoding_options(add)
 
     remove = verbs.add_parser("remove", help="publish a version of an index without some items")
@@ -65,6 +71,7 @@ def make_parser() -> argparse.ArgumentParser:
     remove.add_argument("item_ids", nargs="*", metavar="ID", help="item ids to remove, with all their photos")
     remove.add_argument("--item-ids", type=Path, dest="item_ids_file", metavar="FILE",
                         help="file of item ids, one per line (blank lines and # comments ignored)")
+    _add_store_options(remove)
 
     verify = verbs.add_parser("verify", help="check an index's files agree; exit 0 consistent, 1 problems, 2 unusable")
     verify.add_argument("index", type=Path)
@@ -72,11 +79,35 @@ def make_parser() -> argparse.ArgumentParser:
                         help="also hash every photo and re-embed a sample with the index's model")
     verify.add_argument("--sample", type=_positive_int, default=20, help="photos re-embedded by --deep (default 20)")
     verify.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="for --deep's re-embedding")
+    _add_store_options(verify)
 
     info = verbs.add_parser("info", help="print what an index holds")
     info.add_argument("index", type=Path)
     info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    _add_store_options(info)
     return parser
+
+
+def _add_store_options(parser: argparse.ArgumentParser, building: bool = False) -> None:
+    if building:
+        parser.add_argument("--store", choices=("faiss", "milvus"), default=None,
+                            help="where the vectors live: faiss (default; a file in the index folder) or milvus")
+        parser.add_argument("--milvus-uri", help="http://host:19530 (Milvus standalone or cluster), or a Milvus Lite "
+                                                 "file PATH.db (one process at a time); implies --store milvus")
+        parser.add_argument("--collection", help="prefix of the Milvus collection names, one per version "
+                                                 "(default snap2shop)")
+        return
+    parser.add_argument("--store", choices=("faiss", "milvus"), default=None,
+                        help="check that the index is held in this store (it is the one its manifest names)")
+    parser.add_argument("--milvus-uri", help="where the index's Milvus is reached from here, if not at the URI it "
+                                             "was built with")
+    parser.add_argument("--collection", help="check that the index's Milvus collections have this prefix")
+
+
+def _store_override(args: argparse.Namespace):
+    from .vector_store import StoreConfig
+
+    return StoreConfig.override_from(args.store, args.milvus_uri, args.collection)
 
 
 def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
@@ -103,13 +134,15 @@ def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import BuildOptions, build_index
+    from .vector_store import StoreConfig
 
     if not args.images and not args.catalog:
         raise SystemExit("error: give --images DIR, --catalog CSV, or both")
     version = build_index(BuildOptions(
         out=args.out, images=args.images, catalog=args.catalog, model_spec=args.model,
         batch_size=args.batch_size, device=args.device, precision=args.precision,
-        index_factory=args.index_factory, compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
+        index_factory=args.index_factory, store=StoreConfig.from_options(args.store, args.milvus_uri, args.collection),
+        compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
         decode_priority=args.decode_priority, engine="ray" if args.ray_address else args.engine,
         ray_address=args.ray_address, ray_actors=args.ray_actors,
         workers=args.workers, progress=not args.quiet,
@@ -138,7 +171,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from .add import AddOptions, add_photos
 
     result = add_photos(AddOptions(
-        index=args.index, images=args.images, catalog=args.catalog, model_spec=args.model,
+        index=args.index, images=args.images, catalog=args.catalog, model_spec=args.model, store=_store_override(args),
         batch_size=args.batch_size, device=args.device, precision=args.precision,
         compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
         decode_priority=args.decode_priority, engine="ray" if args.ray_address else args.engine,
@@ -170,7 +203,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     item_ids = list(args.item_ids) + (read_item_ids_file(args.item_ids_file) if args.item_ids_file else [])
     if not item_ids:
         raise IndexUpdateError("give item ids, or --item-ids FILE with one id per line")
-    result = remove_items(args.index, item_ids)
+    result = remove_items(args.index, item_ids, _store_override(args))
     if result.unknown_items:
         print(f"{len(result.unknown_items)} item ids are not in the index, ignored: "
               f"{', '.join(result.unknown_items)}", file=sys.stderr)
@@ -184,7 +217,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_index
 
     version_dir, manifest = read_manifest(args.index)
-    problems = verify_index(args.index, deep=args.deep, sample=args.sample, device=args.device)
+    problems = verify_index(args.index, deep=args.deep, sample=args.sample, device=args.device,
+                            store=_store_override(args))
     for problem in problems:
         print(f"problem: {problem}")
     if problems:
@@ -199,8 +233,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import open_index
 
-    opened = open_index(args.index)
+    opened = open_index(args.index, _store_override(args))
     manifest = opened.manifest
+    store = opened.store.describe()
+    opened.close()
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0
@@ -211,7 +247,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         *([("updated", f"{manifest['updated_at']} ({len(manifest.get('history', []))} changes since the build)")]
           if "updated_at" in manifest else []),
         ("model", f"{manifest['model']['spec']} (weights sha256 {manifest['model']['checksum'][:12]})"),
-        ("embedding", f"{manifest['dim']} dims, {manifest['metric']}, faiss '{manifest['index_factory']}'"),
+        ("embedding", f"{manifest['dim']} dims, {manifest['metric']}, {store['kind']} '{manifest['index_factory']}'"
+                      + (f" as {store['index_type']} in collection {store['collection']}" if "collection" in store
+                         else "")),
         ("preprocessing", json.dumps(manifest["preprocessing"])),
         ("catalogue", manifest["catalog"]["image_root"]),
         ("vectors", counts["vectors"]),
@@ -245,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the previous index (if any) is unchanged", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not type(exc).__module__.startswith("pymilvus"):
+            raise
+        print(f"error: Milvus refused: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

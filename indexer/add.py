@@ -23,9 +23,10 @@ from .change import change_index
 from .encode import EncodingOptions
 from .history import MAX_LISTED, revised_manifest
 from .ingest import read_entries, require_some_usable, skipped_photos
-from .metadata_edit import append_images, count_rows, duplicate_groups, photos_by_hash, photos_by_path
+from .metadata_edit import (append_images, count_rows, duplicate_groups, photos_by_hash, photos_by_path,
+                            stored_categories)
 from .store import ImageRow, IndexUpdateError, OpenedIndex
-from .vectors import append_vectors
+from .vector_store import StoreConfig
 
 log = logging.getLogger("snap2shop.indexer")
 
@@ -36,6 +37,7 @@ class AddOptions(EncodingOptions):
     images: Path | None = None
     catalog: Path | None = None
     model_spec: str | None = None  # default: the model the index was built with
+    store: StoreConfig | None = None  # where the index's Milvus store is reached, if not where it was built
 
 
 @dataclass
@@ -65,10 +67,10 @@ def add_photos(options: AddOptions) -> AddResult:
     live until the new one is complete."""
     started = time.perf_counter()
     entries = read_entries(options.images, options.catalog)
-    with change_index(options.index) as change:
+    with change_index(options.index, options.store) as change:
         live = change.live
         triage = _triage(change.metadata, entries, live.image_root)
-        result = AddResult(version=None, photos_found=len(entries), vectors=live.faiss_index.ntotal,
+        result = AddResult(version=None, photos_found=len(entries), vectors=live.store.count(),
                            items=live.metadata.count_items(), already_indexed=triage.already_indexed)
         rows, embeddings = _encode_new(triage, options, live) if triage.new else ([], None)
         result.skipped = triage.unreadable + triage.conflicting + triage.undecodable
@@ -77,12 +79,13 @@ def add_photos(options: AddOptions) -> AddResult:
                             result.skipped)
         if not rows:
             return result
-        append_vectors(live.faiss_index, embeddings)
         result.added_items = append_images(change.metadata, rows)
+        staged = change.stage_store()
+        staged.add(embeddings, stored_categories(change.metadata, [row.vector_id for row in rows]))
         result.added_vectors = len(rows)
         result.vectors, result.items = count_rows(change.metadata)
-        if result.vectors != live.faiss_index.ntotal:
-            raise IndexUpdateError(f"internal error: {result.vectors} metadata rows but {live.faiss_index.ntotal} "
+        if result.vectors != staged.count():
+            raise IndexUpdateError(f"internal error: {result.vectors} metadata rows but {staged.count()} "
                                    f"vectors after adding; nothing was published")
         manifest = revised_manifest(
             live.manifest, operation="add", vectors=result.vectors, items=result.items,
@@ -92,7 +95,7 @@ def add_photos(options: AddOptions) -> AddResult:
                      "added_items": result.added_items, "already_indexed": len(result.already_indexed),
                      "skipped": len(result.skipped), "skipped_photos": result.skipped[:MAX_LISTED],
                      "timings": {"total_s": round(time.perf_counter() - started, 3)}})
-        result.version = change.publish(live.faiss_index, manifest)
+        result.version = change.publish(staged, manifest)
     return result
 
 
@@ -104,7 +107,7 @@ def _encode_new(triage: _Triage, options: AddOptions, live: OpenedIndex) -> tupl
              len(triage.already_indexed))
     encoded = options.encode([e.path for e in triage.new], loaded, device)
     triage.undecodable = skipped_photos(triage.new, encoded)
-    first_id = live.faiss_index.ntotal
+    first_id = live.store.count()
     rows = [ImageRow(vector_id=first_id + k, item_id=triage.new[i].item_id, path=triage.stored_paths[i],
                      attributes=triage.new[i].attributes, sha256=digest)
             for k, (i, digest) in enumerate(zip(encoded.ok_indices.tolist(), encoded.sha256))]

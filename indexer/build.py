@@ -1,10 +1,11 @@
-"""`indexer build`: reader (catalogue) -> mapper (embedder) -> writer (FAISS + SQLite + manifest)."""
+"""`indexer build`: reader (catalogue) -> mapper (embedder) -> writer (vector store + SQLite + manifest)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -17,10 +18,11 @@ from . import __version__
 from .catalog import CatalogEntry, image_root_for, relative_to_root
 from .encode import EncodeResult, EncodingOptions
 from .ingest import read_entries, require_some_usable, skipped_photos
-from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
-from .index_choice import AUTO, apply_search_defaults, choose_index
-from .store import (INDEX_FORMAT, INDEX_FORMAT_VERSION, ImageRow, build_faiss_index,
-                    cross_item_duplicates, make_faiss_index, write_faiss, write_manifest, write_metadata)
+from .index_choice import AUTO
+from .layout import MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
+from .store import INDEX_FORMAT, ImageRow, cross_item_duplicates, format_version_for, write_manifest, write_metadata
+from .vector_store import (StoreConfig, build_store, categories_of, check_index_request, check_reachable,
+                           index_choice_for, release_folder_store)
 
 log = logging.getLogger("snap2shop.indexer")
 
@@ -32,6 +34,7 @@ class BuildOptions(EncodingOptions):
     catalog: Path | None = None
     model_spec: str = DEFAULT_MODEL_SPEC
     index_factory: str = AUTO
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def read_catalog(options: BuildOptions) -> list[CatalogEntry]:
@@ -45,31 +48,37 @@ def build_index(options: BuildOptions) -> Path:
     device = resolve_device(options.device)
     log.info("encoding %d photos on %s", len(entries), device)
     loaded = load_model(options.model_spec)
-    if options.index_factory != AUTO:
-        make_faiss_index(loaded.model.embedding_dim, options.index_factory)  # fail on a typo before encoding
+    # A typo in the index or an unreachable store fails now, not after minutes of encoding.
+    check_index_request(options.store, options.index_factory, loaded.model.embedding_dim)
+    check_reachable(options.store)
 
     out = Path(options.out)
-    with writer_lock(out), staged_version(out) as staging:
+    retire = functools.partial(release_folder_store, override=options.store)
+    with writer_lock(out, retire), staged_version(out, retire) as staging:
         encoded = options.encode([e.path for e in entries], loaded, device)
         skipped = skipped_photos(entries, encoded)
         require_some_usable(len(entries), len(encoded.ok_indices), skipped)
         _write_version(staging, options, entries, encoded, loaded, device, skipped, started)
-        return publish(out, staging)
+        return publish(out, staging, retire)
 
 
 def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEntry], encoded: EncodeResult,
                    loaded: LoadedModel, device: torch.device, skipped: list[dict], started: float) -> None:
-    t0 = time.perf_counter()
-    choice = choose_index(options.index_factory, len(encoded.embeddings), loaded.model.embedding_dim)
-    index = build_faiss_index(encoded.embeddings, choice.factory)
-    apply_search_defaults(index, choice)
-    write_faiss(index, staging / FAISS_FILE)
-    index_s = time.perf_counter() - t0
-
     root = image_root_for(options.images, options.catalog)
     rows = [ImageRow(vector_id=vid, item_id=entries[i].item_id, path=relative_to_root(entries[i].path, root),
                      attributes=entries[i].attributes, sha256=digest)
             for vid, (i, digest) in enumerate(zip(encoded.ok_indices.tolist(), encoded.sha256))]
+    t0 = time.perf_counter()
+    choice = index_choice_for(options.store, options.index_factory, len(encoded.embeddings),
+                              loaded.model.embedding_dim)
+    store = build_store(options.store, encoded.embeddings, categories_of([r.attributes for r in rows]), choice,
+                        staging, owner=Path(options.out))
+    try:
+        store_section = store.persist(staging)
+    finally:
+        store.close()  # a failure from here on is cleaned up with the staging folder (retire)
+    index_s = time.perf_counter() - t0
+
     item_count = write_metadata(staging / METADATA_FILE, rows)
     duplicates = cross_item_duplicates((row.sha256, row.item_id) for row in rows)
     if duplicates:
@@ -77,7 +86,7 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
                     "search cannot tell them apart", len(duplicates), ", ".join(duplicates[0]))
     write_manifest(staging / MANIFEST, {
         "format": INDEX_FORMAT,
-        "format_version": INDEX_FORMAT_VERSION,
+        "format_version": format_version_for(store_section["kind"]),
         "snap2shop_version": __version__,
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"spec": loaded.spec, "checksum": loaded.checksum, "config": loaded.config.to_dict()},
@@ -85,6 +94,7 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
         "preprocessing": loaded.config.preprocessing.to_dict(),
         "metric": "inner_product",
         "index_factory": choice.factory,
+        "store": store_section,
         "index_choice": {"requested": options.index_factory, "nprobe": choice.nprobe, "reason": choice.reason},
         "catalog": {"image_root": str(root),
                     "csv": str(Path(options.catalog).resolve()) if options.catalog else None},

@@ -17,7 +17,11 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+# Called with a version or staging folder about to be deleted, to release what it holds elsewhere
+# (a Milvus collection); the FAISS store keeps everything inside the folder.
+Retire = Callable[[Path], None]
 
 CURRENT = "current"
 MANIFEST = "manifest.json"
@@ -57,7 +61,7 @@ def require_index_folder(index_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def writer_lock(index_dir: Path) -> Iterator[None]:
+def writer_lock(index_dir: Path, retire: Retire | None = None) -> Iterator[None]:
     """One writer per index folder: a second one is refused rather than interleaved.
 
     Holding the lock, any staging folder left here belongs to a writer that died, so it goes.
@@ -69,7 +73,7 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IndexLayoutError(f"another process is writing {index_dir}; try again when it ends") from None
-        _remove_abandoned_staging(index_dir)
+        _remove_abandoned_staging(index_dir, retire)
         yield
 
 
@@ -95,7 +99,7 @@ def new_staging_dir(index_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staged_version(index_dir: Path) -> Iterator[Path]:
+def staged_version(index_dir: Path, retire: Retire | None = None) -> Iterator[Path]:
     """A staging folder for the next version, gone afterwards unless `publish` renamed it.
 
     It exists from the start of the write, so a writer killed at any point leaves it behind for the
@@ -107,10 +111,12 @@ def staged_version(index_dir: Path) -> Iterator[Path]:
     finally:
         # After a successful publish the folder was renamed into a version, so nothing is left here.
         if staging.exists():
+            if retire is not None:
+                retire(staging)
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def publish(index_dir: Path, staging: Path) -> Path:
+def publish(index_dir: Path, staging: Path, retire: Retire | None = None) -> Path:
     """Make the staged version live. Returns the version folder."""
     name = f"{_VERSION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
     version = index_dir / name
@@ -120,22 +126,26 @@ def publish(index_dir: Path, staging: Path) -> Path:
     os.symlink(name, link_tmp)
     os.replace(link_tmp, index_dir / CURRENT)
     _fsync_dir(index_dir)
-    _remove_old_versions(index_dir, keep={name})
+    _remove_old_versions(index_dir, keep={name}, retire=retire)
     return version
 
 
-def _remove_old_versions(index_dir: Path, keep: set[str]) -> None:
+def _remove_old_versions(index_dir: Path, keep: set[str], retire: Retire | None = None) -> None:
     versions = sorted((p for p in index_dir.iterdir() if p.name.startswith(_VERSION_PREFIX) and p.name not in keep),
                       key=lambda p: p.stat().st_mtime, reverse=True)
     for old in versions[KEEP_PREVIOUS_VERSIONS:]:
+        if retire is not None:
+            retire(old)
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_abandoned_staging(index_dir: Path) -> None:
+def _remove_abandoned_staging(index_dir: Path, retire: Retire | None = None) -> None:
     for leftover in [*index_dir.glob(f"{_STAGING_PREFIX}*"), *index_dir.glob(f".{CURRENT}-*")]:
         if leftover.is_symlink() or leftover.is_file():
             leftover.unlink(missing_ok=True)
         else:
+            if retire is not None:
+                retire(leftover)
             shutil.rmtree(leftover, ignore_errors=True)
 
 

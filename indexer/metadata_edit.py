@@ -115,3 +115,13 @@ def finish(conn: sqlite3.Connection, compact: bool = False) -> None:
             conn.execute("VACUUM")
     finally:
         conn.close()
+
+
+def stored_categories(conn: sqlite3.Connection, vector_ids: Sequence[int]) -> list[str]:
+    """The category each photo is filtered by, as stored (a photo of a known item takes the item's)."""
+    if not vector_ids:
+        return []
+    low, high = min(vector_ids), max(vector_ids)
+    rows = dict(conn.execute("SELECT vector_id, json_extract(attributes, '$.\"category\"') FROM images "
+                             "WHERE vector_id BETWEEN ? AND ?", (low, high)).fetchall())
+    return ["" if rows.get(v) is None else str(rows[v]) for v in vector_ids]

@@ -1,8 +1,8 @@
 """`indexer remove`: publish a version of an index without some items, re-encoding nothing.
 
-The kept vectors are read back from the live FAISS index and re-added to an emptied copy of it (same
-trained quantiser), in their old order, so the kept photos are numbered 0..n-1 in FAISS and in the
-metadata alike.
+The kept vectors are read back from the live store and written to the next version's (for FAISS an
+emptied copy of the index with the same trained quantiser, for Milvus a new collection), in their
+old order, so the kept photos are numbered 0..n-1 in the store and in the metadata alike.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .change import change_index
 from .history import MAX_LISTED, revised_manifest
 from .metadata_edit import count_rows, delete_items, duplicate_groups, existing_items, kept_vector_ids
 from .store import IndexUpdateError
-from .vectors import without_vectors
+from .vector_store import StoreConfig
 
 
 @dataclass
@@ -39,23 +39,23 @@ def read_item_ids_file(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def remove_items(index_dir: Path, item_ids: Sequence[str]) -> RemoveResult:
+def remove_items(index_dir: Path, item_ids: Sequence[str], store: StoreConfig | None = None) -> RemoveResult:
     """Remove the items (all their photos) from the index; unknown ids are reported, not fatal,
     unless none of the ids is in the index."""
     started = time.perf_counter()
     wanted = list(dict.fromkeys(i.strip() for i in item_ids if i.strip()))
     if not wanted:
         raise IndexUpdateError("no item ids given")
-    with change_index(index_dir) as change:
+    with change_index(index_dir, store) as change:
         present = existing_items(change.metadata, wanted)
         found = [i for i in wanted if i in present]
         unknown = [i for i in wanted if i not in present]
         _refuse_unless_some_remain(index_dir, found, unknown, total_items=count_rows(change.metadata)[1])
-        rebuilt = without_vectors(change.live.faiss_index, kept_vector_ids(change.metadata, found))
+        rebuilt = change.stage_store(kept_vector_ids(change.metadata, found))
         removed_vectors = delete_items(change.metadata, found)
         vectors, items = count_rows(change.metadata)
-        if vectors != rebuilt.ntotal:
-            raise IndexUpdateError(f"internal error: {vectors} metadata rows but {rebuilt.ntotal} vectors "
+        if vectors != rebuilt.count():
+            raise IndexUpdateError(f"internal error: {vectors} metadata rows but {rebuilt.count()} vectors "
                                    f"after removing; nothing was published")
         manifest = revised_manifest(
             change.live.manifest, operation="remove", vectors=vectors, items=items,

@@ -6,14 +6,17 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from .layout import FAISS_FILE, MANIFEST, METADATA_FILE, resolve_version_dir
+from .layout import MANIFEST, METADATA_FILE, resolve_version_dir
+
+if TYPE_CHECKING:
+    from .vector_store import StoreConfig, VectorStore
 
 INDEX_FORMAT = "snap2shop-index"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2: the manifest names its vector store (Milvus); FAISS versions still write 1
 DEFAULT_INDEX_FACTORY = "Flat"
 
 
@@ -216,8 +219,16 @@ def _json_path(field: str) -> str:
 class OpenedIndex:
     version_dir: Path
     manifest: dict
-    faiss_index: object
+    store: "VectorStore"
     metadata: MetadataStore
+
+    @property
+    def faiss_index(self):
+        """The FAISS index of a version in the FAISS store (tests and FAISS-only tools)."""
+        index = getattr(self.store, "index", None)
+        if index is None:
+            raise AttributeError(f"{self.version_dir} is held in a {self.store.kind} store, not FAISS")
+        return index
 
     @property
     def image_root(self) -> Path:
@@ -226,6 +237,10 @@ class OpenedIndex:
     def resolve_image_path(self, stored: str) -> Path:
         path = Path(stored)
         return path if path.is_absolute() else self.image_root / path
+
+    def close(self) -> None:
+        self.store.close()
+        self.metadata.close()
 
 
 def read_manifest(index_dir: str | Path) -> tuple[Path, dict]:
@@ -241,24 +256,34 @@ def read_manifest(index_dir: str | Path) -> tuple[Path, dict]:
     return version_dir, manifest
 
 
-def open_index(index_dir: str | Path) -> OpenedIndex:
-    """Load the live version, checking that its three files agree with each other."""
-    import faiss
+def format_version_for(store_kind: str) -> int:
+    """FAISS versions keep format 1, which earlier releases read; a Milvus version needs this one."""
+    return 1 if store_kind == "faiss" else INDEX_FORMAT_VERSION
+
+
+def open_index(index_dir: str | Path, store: "StoreConfig | None" = None, index_device: str = "cpu",
+               writable: bool = False) -> OpenedIndex:
+    """Load the live version, checking that its store, metadata and manifest agree with each other.
+
+    `store` overrides where a Milvus store is reached; `index_device` places a FAISS index (service)."""
+    from .vector_store import open_store
 
     version_dir, manifest = read_manifest(index_dir)
-    faiss_path = version_dir / FAISS_FILE
-    if not faiss_path.is_file():
-        raise IndexOpenError(f"FAISS file {faiss_path} is missing")
-    try:
-        index = faiss.read_index(str(faiss_path))
-    except RuntimeError as exc:
-        raise IndexOpenError(f"FAISS file {faiss_path} is corrupt: {str(exc).strip().splitlines()[-1]}") from None
     metadata = MetadataStore(version_dir / METADATA_FILE)
-    if index.d != manifest["dim"]:
-        raise IndexOpenError(f"{faiss_path} holds {index.d}-dim vectors but the manifest says {manifest['dim']}")
-    if index.ntotal != metadata.count_images() or index.ntotal != manifest["counts"]["vectors"]:
-        raise IndexOpenError(
-            f"{version_dir} is inconsistent: {index.ntotal} vectors in FAISS, "
-            f"{metadata.count_images()} rows in metadata, {manifest['counts']['vectors']} in the manifest"
-        )
-    return OpenedIndex(version_dir=version_dir, manifest=manifest, faiss_index=index, metadata=metadata)
+    try:
+        vectors = open_store(version_dir, manifest, metadata.vector_ids_where, store, index_device, writable)
+    except BaseException:
+        metadata.close()
+        raise
+    opened = OpenedIndex(version_dir=version_dir, manifest=manifest, store=vectors, metadata=metadata)
+    count, rows = vectors.count(), metadata.count_images()
+    problem = None
+    if vectors.dim != manifest["dim"]:
+        problem = f"the {vectors.kind} store holds {vectors.dim}-dim vectors but the manifest says {manifest['dim']}"
+    elif count != rows or count != manifest["counts"]["vectors"]:
+        problem = (f"{version_dir} is inconsistent: {count} vectors in the {vectors.kind} store, "
+                   f"{rows} rows in metadata, {manifest['counts']['vectors']} in the manifest")
+    if problem is not None:
+        opened.close()
+        raise IndexOpenError(problem)
+    return opened

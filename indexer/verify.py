@@ -1,7 +1,8 @@
 """`indexer verify`: does an index version hold what its manifest claims? Each problem is one line.
 
-The quick checks read only the index files: FAISS, metadata and manifest agree on counts and
-dimensions, vector ids are 0..n-1, the items table agrees with the photos, vectors are unit length.
+The quick checks read only the index: its vector store (FAISS file or Milvus collection), metadata and
+manifest agree on counts and dimensions, vector ids are 0..n-1, the items table agrees with the
+photos, vectors are unit length.
 The deep checks also read every photo (present, same sha256) and re-embed a sample with the index's
 model, comparing with the stored vectors.
 """
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import FAISS_FILE, METADATA_FILE
-from .store import read_manifest
-from .vectors import enable_reconstruction, in_chunks, reconstruct, stores_exact_vectors
+from .layout import METADATA_FILE
+from .store import IndexOpenError, read_manifest
+from .vector_store import StoreConfig, VectorStore, open_store
+from .vectors import in_chunks
 
 DEEP_SAMPLE = 20
 MAX_EXAMPLES = 10  # per kind of problem; the counts are always complete
@@ -25,41 +27,34 @@ MIN_COSINE = {"fp32": 0.999, "bf16": 0.99}
 
 
 def verify_index(index_dir: str | Path, deep: bool = False, sample: int = DEEP_SAMPLE,
-                 device: str = "cpu") -> list[str]:
+                 device: str = "cpu", store: StoreConfig | None = None) -> list[str]:
     """Problems found in the live version of `index_dir` (or in a version folder); empty when consistent.
 
-    Raises IndexLayoutError / IndexOpenError when there is no readable manifest to check against.
+    Raises IndexLayoutError / IndexOpenError when there is no readable manifest to check against, and
+    StoreUnavailableError when its Milvus store cannot be reached (`store` says where it is).
     """
     version_dir, manifest = read_manifest(index_dir)
     problems: list[str] = []
-    index = _read_faiss(version_dir, problems)
+    try:
+        vectors = open_store(version_dir, manifest, ids_where=None, override=store)
+    except IndexOpenError as exc:
+        problems.append(str(exc))
+        vectors = None
     conn = _open_metadata(version_dir, problems)
     try:
         rows = None
         if conn is not None:
             rows = _check_metadata(conn, manifest, problems)
-        if index is not None:
-            _check_faiss(index, manifest, rows, problems)
+        if vectors is not None:
+            _check_store(vectors, manifest, rows, problems)
         if deep and conn is not None:
-            _check_photos_and_embeddings(conn, index, manifest, sample, device, problems)
+            _check_photos_and_embeddings(conn, vectors, manifest, sample, device, problems)
     finally:
         if conn is not None:
             conn.close()
+        if vectors is not None:
+            vectors.close()
     return problems
-
-
-def _read_faiss(version_dir: Path, problems: list[str]):
-    import faiss
-
-    path = version_dir / FAISS_FILE
-    if not path.is_file():
-        problems.append(f"FAISS file {path} is missing")
-        return None
-    try:
-        return faiss.read_index(str(path))
-    except RuntimeError as exc:
-        problems.append(f"FAISS file {path} is corrupt: {str(exc).strip().splitlines()[-1]}")
-        return None
 
 
 def _open_metadata(version_dir: Path, problems: list[str]) -> sqlite3.Connection | None:
@@ -122,31 +117,29 @@ def _check_metadata(conn: sqlite3.Connection, manifest: dict, problems: list[str
     return rows
 
 
-def _check_faiss(index, manifest: dict, metadata_rows: int | None, problems: list[str]) -> None:
-    import faiss
-
-    if index.d != manifest.get("dim"):
-        problems.append(f"dimensions: FAISS holds {index.d}-dim vectors, the manifest says {manifest.get('dim')}")
-    if manifest.get("metric") == "inner_product" and index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        problems.append("metric: the manifest says inner product but the FAISS index uses another metric")
+def _check_store(vectors: VectorStore, manifest: dict, metadata_rows: int | None, problems: list[str]) -> None:
+    store = f"the {vectors.kind} store"
+    if vectors.dim != manifest.get("dim"):
+        problems.append(f"dimensions: {store} holds {vectors.dim}-dim vectors, the manifest says {manifest.get('dim')}")
+    problems.extend(vectors.consistency_problems(manifest))
+    count = vectors.count()
     expected = manifest.get("counts", {}).get("vectors")
-    if expected is not None and index.ntotal != expected:
-        problems.append(f"vector count: FAISS holds {index.ntotal} vectors, the manifest says {expected}")
-    if metadata_rows is not None and index.ntotal != metadata_rows:
-        problems.append(f"vector count: FAISS holds {index.ntotal} vectors, the metadata {metadata_rows} photo rows")
-    if not stores_exact_vectors(index) or index.ntotal == 0:
+    if expected is not None and count != expected:
+        problems.append(f"vector count: {store} holds {count} vectors, the manifest says {expected}")
+    if metadata_rows is not None and count != metadata_rows:
+        problems.append(f"vector count: {store} holds {count} vectors, the metadata {metadata_rows} photo rows")
+    if count == 0 or not vectors.exact:
         return  # quantised vectors are not exactly unit length, so there is nothing to hold them to
-    enable_reconstruction(index)
     bad = []
-    for ids in in_chunks(np.arange(index.ntotal, dtype=np.int64)):
-        norms = np.linalg.norm(reconstruct(index, ids), axis=1)
+    for ids in in_chunks(np.arange(count, dtype=np.int64)):
+        norms = np.linalg.norm(vectors.vectors(ids), axis=1)
         off = ~np.isfinite(norms) | (np.abs(norms - 1.0) > NORM_TOLERANCE)
         bad.extend(f"id {i} norm {n:.4f}" for i, n in zip(ids[off].tolist(), norms[off].tolist()))
     if bad:
         problems.append(f"{len(bad)} vectors are not unit length: {_examples(bad)}")
 
 
-def _check_photos_and_embeddings(conn: sqlite3.Connection, index, manifest: dict, sample: int, device: str,
+def _check_photos_and_embeddings(conn: sqlite3.Connection, vectors: VectorStore | None, manifest: dict, sample: int, device: str,
                                  problems: list[str]) -> None:
     root = Path(manifest.get("catalog", {}).get("image_root", "."))
     intact: list[tuple[int, Path]] = []
@@ -167,12 +160,12 @@ def _check_photos_and_embeddings(conn: sqlite3.Connection, index, manifest: dict
         problems.append(f"{len(missing)} photos are missing or unreadable: {_examples(missing)}")
     if changed:
         problems.append(f"{len(changed)} photos changed since they were indexed (sha256 differs): {_examples(changed)}")
-    intact = [(vid, path) for vid, path in intact if index is not None and vid < index.ntotal]
+    intact = [(vid, path) for vid, path in intact if vectors is not None and vid < vectors.count()]
     if intact and sample > 0:
-        _check_sample_embeddings(index, manifest, intact, sample, device, problems)
+        _check_sample_embeddings(vectors, manifest, intact, sample, device, problems)
 
 
-def _check_sample_embeddings(index, manifest: dict, intact: list[tuple[int, Path]], sample: int, device: str,
+def _check_sample_embeddings(vectors: VectorStore, manifest: dict, intact: list[tuple[int, Path]], sample: int, device: str,
                              problems: list[str]) -> None:
     from model import CheckpointError, WeightsUnavailableError, load_model
     from model.inference import plan_inference, resolve_device
@@ -190,7 +183,7 @@ def _check_sample_embeddings(index, manifest: dict, intact: list[tuple[int, Path
         problems.append(f"model {spec} now has different weights (sha256 {loaded.checksum[:12]}) than the index "
                         f"was built with ({str(expected.get('checksum'))[:12]}); searches would not match")
         return
-    if not stores_exact_vectors(index) or loaded.model.embedding_dim != index.d:
+    if not vectors.exact or loaded.model.embedding_dim != vectors.dim:
         return  # quantised vectors cannot be held to a cosine near 1; a dim mismatch is reported already
     picks = sorted({int(i) for i in np.linspace(0, len(intact) - 1, min(sample, len(intact))).round()})
     chosen = [intact[i] for i in picks]
@@ -199,9 +192,8 @@ def _check_sample_embeddings(index, manifest: dict, intact: list[tuple[int, Path
                            progress=False, plan=plan_inference(torch_device, "fp32"))
     for position, reason in encoded.failures:
         problems.append(f"photo {chosen[position][1]} no longer decodes: {reason}")
-    enable_reconstruction(index)
     ids = np.array([chosen[i][0] for i in encoded.ok_indices.tolist()], dtype=np.int64)
-    stored = reconstruct(index, ids)
+    stored = vectors.vectors(ids)
     cosines = np.sum(stored * encoded.embeddings, axis=1) / np.maximum(
         np.linalg.norm(stored, axis=1) * np.linalg.norm(encoded.embeddings, axis=1), 1e-12)
     threshold = MIN_COSINE.get(manifest.get("timings", {}).get("precision", "fp32"), MIN_COSINE["fp32"])

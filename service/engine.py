@@ -1,7 +1,6 @@
 """The loaded index and model, and the search they answer. The only long-lived state of the service."""
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,12 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.store import OpenedIndex, open_index
+from indexer.vector_store import StoreConfig
 from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model, resolve_device
 from model.preprocessing import Box, crop_to_box, load_input_image
-
-from .filters import search_params_for
-from .placement import GPU_MAX_K, place_index
 
 log = logging.getLogger("snap2shop.service")
 
@@ -68,25 +65,23 @@ class Embedder:
 
 
 class SearchEngine:
-    def __init__(self, index: OpenedIndex, embedder: Embedder, index_device: str = "auto") -> None:
+    def __init__(self, index: OpenedIndex, embedder: Embedder) -> None:
         self.index = index
+        self.store = index.store
         self.embedder = embedder
         self.model = embedder.model
         self.plan = embedder.plan
         self.preprocessing = embedder.preprocessing
-        # Filter look-ups scan the metadata; an index version never changes, so their answers keep.
-        self._vector_ids_where = functools.lru_cache(maxsize=256)(index.metadata.vector_ids_where)
-        # Unfiltered searches go to the GPU copy when there is one; filtered searches and very deep
-        # ones stay on the CPU index, which supports ID selectors and any k.
-        self._search_index, self.index_placement = place_index(index.faiss_index, index_device)
+        self.index_placement = index.store.placement
 
     @classmethod
     def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
              precision: str = "auto", index_device: str = "auto",
-             reuse: Embedder | None = None) -> "SearchEngine":
+             reuse: Embedder | None = None, store: StoreConfig | None = None) -> "SearchEngine":
         """Open the live index version with its model; `reuse` an already loaded embedder when it
-        holds the weights the index was built with (a hot reload of the same model)."""
-        opened = open_index(index_dir)
+        holds the weights the index was built with (a hot reload of the same model). `store` says
+        where the index's Milvus store is reached when not where the indexer reached it."""
+        opened = open_index(index_dir, store, index_device)
         manifest = opened.manifest
         if reuse is not None and reuse.checksum == manifest["model"]["checksum"]:
             embedder = reuse
@@ -98,17 +93,21 @@ class SearchEngine:
         else:
             plan = reuse.plan if reuse is not None else plan_inference(resolve_device(device), precision)
             embedder = Embedder(load_model(model_spec or manifest["model"]["spec"]), plan)
-        check_compatible(opened, embedder.model)
-        engine = cls(opened, embedder, index_device)
+        try:
+            check_compatible(opened, embedder.model)
+        except IncompatibleIndexError:
+            opened.close()
+            raise
+        engine = cls(opened, embedder)
         log.info("serving %s (%d vectors, %d items) with %s; embedder on %s; index on %s", opened.version_dir,
-                 opened.faiss_index.ntotal, manifest["counts"]["items"], embedder.model.spec,
+                 opened.store.count(), manifest["counts"]["items"], embedder.model.spec,
                  " ".join(embedder.plan.describe().values()), engine.index_placement)
         return engine
 
     @classmethod
     def from_settings(cls, settings, reuse: Embedder | None = None) -> "SearchEngine":
         return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device,
-                        reuse=reuse)
+                        reuse=reuse, store=settings.store_override())
 
     @property
     def version(self) -> str:
@@ -130,28 +129,21 @@ class SearchEngine:
                       timings: dict[str, float] | None = None) -> list[SearchHit]:
         """Top k distinct items: an item with several photos appears once, with its best score.
 
-        `timings` gets search_ms (FAISS) and metadata_ms (SQLite) added when given."""
+        `timings` gets search_ms (the vector store) and metadata_ms (SQLite) added when given."""
         started = time.perf_counter()
         metadata_s = 0.0
-        faiss_index = self.index.faiss_index
-        allowed = None if category is None else self._vector_ids_where("category", category)
-        total = faiss_index.ntotal if allowed is None else len(allowed)
+        total = self.store.count(category)
         if total == 0:
             if timings is not None:
                 timings |= {"search_ms": (time.perf_counter() - started) * 1e3, "metadata_ms": 0.0}
             return []
-        fetch, widen, can_widen = min(total, k * 4), 1, False
+        fetch, widen = min(total, k * 4), 1
         while True:
-            target, params = self._search_index, None
-            if allowed is not None:
-                target = faiss_index
-                params, _selector, can_widen = search_params_for(faiss_index, allowed, fetch, widen)
-            elif fetch > GPU_MAX_K:
-                target = faiss_index
-            scores, ids = target.search(np.ascontiguousarray(query, dtype=np.float32), fetch, params=params)
+            found = self.store.search(query, fetch, category, widen)
+            can_widen = found.can_widen
             # Ties (byte-identical photos of different items) are broken by vector id, so the
             # answer does not depend on FAISS' heap order.
-            pairs = sorted(((int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0),
+            pairs = sorted(((int(i), float(s)) for i, s in zip(found.ids, found.scores) if i >= 0),
                            key=lambda pair: (-pair[1], pair[0]))
             t_meta = time.perf_counter()
             rows = self.index.metadata.images_for_vectors([i for i, _ in pairs])
@@ -182,19 +174,19 @@ class SearchEngine:
         return {
             "model": {"spec": self.model.spec, "checksum": self.model.checksum,
                       "dim": self.model.model.embedding_dim} | self.plan.describe(),
-            "index": {"version": self.version, "vectors": int(self.index.faiss_index.ntotal),
+            "index": {"version": self.version, "vectors": int(self.store.count()),
                       "items": manifest["counts"]["items"], "factory": manifest["index_factory"],
-                      "placement": self.index_placement,
+                      "store": self.store.kind, "placement": self.index_placement,
                       "built_at": manifest["built_at"]},
         }
 
 
 def check_compatible(opened: OpenedIndex, loaded: LoadedModel) -> None:
     manifest = opened.manifest
-    if loaded.model.embedding_dim != opened.faiss_index.d:
+    if loaded.model.embedding_dim != opened.store.dim:
         raise IncompatibleIndexError(
             f"model {loaded.spec} makes {loaded.model.embedding_dim}-dim embeddings but index "
-            f"{opened.version_dir} holds {opened.faiss_index.d}-dim vectors; rebuild the index with this model"
+            f"{opened.version_dir} holds {opened.store.dim}-dim vectors; rebuild the index with this model"
         )
     index_prep = Preprocessing.from_dict(manifest["preprocessing"])
     if not loaded.config.preprocessing.matches(index_prep):

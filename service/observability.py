@@ -62,7 +62,7 @@ class ServiceMetrics:
         self._batches.append(size)
 
     def set_index(self, engine) -> None:
-        self.index_vectors.set(engine.index.faiss_index.ntotal)
+        self.index_vectors.set(engine.store.count())
         self.index_items.set(engine.index.manifest["counts"]["items"])
         self.index_info.clear()
         self.index_info.labels(engine.version, engine.model.spec, engine.model.checksum[:12]).set(1)

@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from indexer.vector_store import StoreConfig
 
 ENV_PREFIX = "SNAP2SHOP_"
 
@@ -15,6 +19,11 @@ class Settings:
     device: str = "auto"  # where the embedder runs: auto (GPU when torch sees one), cpu, cuda
     precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
     index_device: str = "auto"  # where FAISS searches: auto (GPU with faiss-gpu), cpu, gpu
+    # The vector store is the one the index manifest names; these only check it (store) and say where
+    # its Milvus is reached from this process (milvus_uri), e.g. http://milvus:19530 inside compose.
+    store: str = ""
+    milvus_uri: str = ""
+    collection: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -63,8 +72,16 @@ class Settings:
             raise ValueError("batch_max_wait_ms and reload_poll_s cannot be negative")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text")
+        self.store_override()  # an unknown store or a bad collection name fails at start-up
         if self.admin_token and len(self.admin_token) < 16:
             raise ValueError("admin_token must be at least 16 characters (or empty to disable /admin)")
+
+    def store_override(self) -> "StoreConfig | None":
+        from indexer.vector_store import StoreConfig
+
+        if not (self.store or self.milvus_uri or self.collection):
+            return None
+        return StoreConfig.from_options(self.store, self.milvus_uri, self.collection)
 
     def __repr__(self) -> str:  # logged at start-up: never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}

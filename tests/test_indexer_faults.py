@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer import change as change_module
+from indexer import faiss_store as faiss_store_module
 from indexer.__main__ import main
 from indexer.add import AddOptions, add_photos
 from indexer.layout import CURRENT, resolve_version_dir
@@ -158,7 +158,7 @@ def test_a_write_that_fails_before_publishing_leaves_nothing_behind(idx, tmp_pat
         path.write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(change_module, "write_faiss", disk_full)
+    monkeypatch.setattr(faiss_store_module, "write_faiss", disk_full)
     small = _folder(tmp_path / "small", ["a.jpg"])
     rc = main(["add", str(idx), "--images", str(small), "--device", "cpu", "--workers", "0", "--quiet"])
     assert rc == 2

@@ -57,7 +57,7 @@ def test_verify_finds_manifest_and_faiss_disagreements(idx):
 
     edit_manifest(idx, claim_more)
     problems = verify_index(idx)
-    assert any("FAISS holds 32-dim vectors, the manifest says 64" in p for p in problems)
+    assert any("the faiss store holds 32-dim vectors, the manifest says 64" in p for p in problems)
     assert any("metadata holds 12 items, the manifest says 13" in p for p in problems)
 
     scaled = faiss.IndexFlatIP(32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("snap2shop.service")
+log = logging.getLogger("snap2shop.service")  # placement is decided when the service opens an index
 
 INDEX_DEVICES = ("auto", "cpu", "gpu")
 # GPU indexes answer at most this many neighbours per query (faiss' GPU k-selection limit).

@@ -1,0 +1,97 @@
+"""The default vector store: a FAISS index in the version folder (`index.faiss`), loaded in-process.
+
+Filters are resolved to vector ids from the metadata and applied inside the FAISS search (ID
+selectors); unfiltered searches go to a GPU copy of the index when faiss sees a GPU.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .faiss_filters import search_params_for
+from .faiss_placement import GPU_MAX_K, place_index
+from .index_choice import IndexChoice, apply_search_defaults
+from .layout import FAISS_FILE
+from .store import IndexOpenError, build_faiss_index, write_faiss
+from .vector_store import StoreHits, VectorStore
+from .vectors import append_vectors, enable_reconstruction, reconstruct, stores_exact_vectors, without_vectors
+
+# Distinct filters whose vector ids are kept: a version never changes, so their answers keep.
+FILTER_CACHE_SIZE = 256
+
+
+class FaissStore(VectorStore):
+    kind = "faiss"
+
+    def __init__(self, index, ids_where: Callable[[str, str], np.ndarray] | None = None,
+                 index_device: str = "cpu") -> None:
+        self.index = index
+        self.dim = index.d
+        self.exact = stores_exact_vectors(index)
+        self._ids_where = functools.lru_cache(maxsize=FILTER_CACHE_SIZE)(ids_where) if ids_where else None
+        self._search_index, self.placement = place_index(index, index_device)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, choice: IndexChoice) -> "FaissStore":
+        index = build_faiss_index(vectors, choice.factory)
+        apply_search_defaults(index, choice)
+        return cls(index)
+
+    @classmethod
+    def open(cls, version_dir: Path, manifest: dict, ids_where: Callable[[str, str], np.ndarray] | None = None,
+             index_device: str = "cpu") -> "FaissStore":
+        import faiss
+
+        path = version_dir / FAISS_FILE
+        if not path.is_file():
+            raise IndexOpenError(f"FAISS file {path} is missing")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise IndexOpenError(f"FAISS file {path} is corrupt: {str(exc).strip().splitlines()[-1]}") from None
+        return cls(index, ids_where, index_device)
+
+    def count(self, category: str | None = None) -> int:
+        return self.index.ntotal if category is None else len(self._allowed(category))
+
+    def _allowed(self, category: str) -> np.ndarray:
+        if self._ids_where is None:
+            raise RuntimeError("this FAISS store was opened without metadata and cannot filter")
+        return self._ids_where("category", category)
+
+    def search(self, query: np.ndarray, fetch: int, category: str | None = None, widen: int = 1) -> StoreHits:
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if category is None:
+            # Very deep searches stay on the CPU index, which answers any k.
+            target = self._search_index if fetch <= GPU_MAX_K else self.index
+            scores, ids = target.search(query, fetch)
+            return StoreHits(scores[0], ids[0], False)
+        params, _selector, can_widen = search_params_for(self.index, self._allowed(category), fetch, widen)
+        scores, ids = self.index.search(query, fetch, params=params)  # ID selectors run on the CPU index
+        return StoreHits(scores[0], ids[0], can_widen)
+
+    def add(self, vectors: np.ndarray, categories: Sequence[str]) -> None:
+        append_vectors(self.index, vectors)
+
+    def stage_next(self, staging: Path, kept_ids: np.ndarray | None = None) -> "FaissStore":
+        # An index opened for a change is the process's own copy of the file: adding to it leaves
+        # the published version's file as it is.
+        return self if kept_ids is None else FaissStore(without_vectors(self.index, kept_ids))
+
+    def vectors(self, vector_ids: np.ndarray) -> np.ndarray:
+        enable_reconstruction(self.index)
+        return reconstruct(self.index, vector_ids)
+
+    def persist(self, staging: Path) -> dict:
+        write_faiss(self.index, staging / FAISS_FILE)
+        return {"kind": self.kind}
+
+    def consistency_problems(self, manifest: dict) -> list[str]:
+        import faiss
+
+        if manifest.get("metric") == "inner_product" and self.index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return ["metric: the manifest says inner product but the FAISS index uses another metric"]
+        return []
