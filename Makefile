@@ -6,7 +6,7 @@ PORT ?= 8000
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: requirements.txt requirements-app.txt requirements-test.txt requirements-ray.txt
+$(VENV)/.installed: requirements.txt requirements-app.txt requirements-test.txt requirements-ray.txt requirements-milvus.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@

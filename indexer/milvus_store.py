@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -82,6 +83,10 @@ def connect(uri: str):
     # pymilvus logs every failed call at ERROR before raising it; the exception carries it to our message.
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     uri = canonical_uri(uri)
+    if is_lite(uri):
+        # Lite's in-process server logs a traceback for a call it does not implement (AllocTimestamp,
+        # from create_index) and answers it anyway; the index is built all the same.
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     if is_lite(uri) and not Path(uri).parent.is_dir():
         raise StoreUnavailableError(f"Milvus Lite file {uri}: folder {Path(uri).parent} does not exist")
     try:
@@ -138,6 +143,8 @@ class MilvusStore(VectorStore):
         self.dim, self._count, self._staged = dim, count, staged
         self.placement = f"milvus ({'lite' if is_lite(config.milvus_uri) else config.milvus_uri})"
         self._filtered_count = functools.lru_cache(maxsize=256)(self._count_where)
+        # A hot reload drops the old version's engine without closing it: its connection goes with it.
+        self._finalizer = weakref.finalize(self, disconnect, client, config.milvus_uri)
 
     # -- writing -------------------------------------------------------------------------------------
 
@@ -307,6 +314,4 @@ class MilvusStore(VectorStore):
                 "index_type": self.section["index_type"]}
 
     def close(self) -> None:
-        if self.client is not None:
-            disconnect(self.client, self.config.milvus_uri)
-            self.client = None
+        self._finalizer()  # runs disconnect once, whether called here or at garbage collection
