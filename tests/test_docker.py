@@ -23,7 +23,9 @@ COMPOSE = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 DOCKERFILE = (DOCKER / "Dockerfile").read_text()
 SETTING_ENV_NAMES = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
-GPU_SERVICES, CPU_SERVICES = ("search", "indexer"), ("search-cpu", "indexer-cpu")
+GPU_SERVICES, CPU_SERVICES = ("search", "indexer", "search-milvus"), ("search-cpu", "indexer-cpu", "search-milvus-cpu")
+SEARCH_SERVICES = ("search", "search-cpu", "search-milvus", "search-milvus-cpu")
+OUR_SERVICES = {name: s for name, s in SERVICES.items() if s.get("build", {}).get("dockerfile") == "docker/Dockerfile"}
 
 
 def _tool(name: str) -> str:
@@ -54,7 +56,7 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+@pytest.mark.parametrize("profile", ["gpu", "cpu", "milvus", "milvus-cpu"])
 def test_compose_file_validates(profile):
     docker_compose = _tool("docker-compose")
     result = subprocess.run([docker_compose, "config", "--quiet"], cwd=DOCKER, capture_output=True, text=True,
@@ -84,7 +86,7 @@ def test_gpu_services_reserve_one_nvidia_gpu_and_cpu_ones_none():
 
 
 def test_environment_names_are_real_settings():
-    for name in ("search", "search-cpu"):
+    for name in SEARCH_SERVICES:
         env = SERVICES[name]["environment"]
         assert set(env) <= SETTING_ENV_NAMES, set(env) - SETTING_ENV_NAMES
     for name in _dockerfile_env():
@@ -104,7 +106,7 @@ def _dockerfile_env() -> dict[str, str]:
 def test_port_and_healthcheck_agree_with_the_app():
     routes = set(create_app(Settings(index=Path("/nonexistent"))).openapi()["paths"])
     dockerfile_env = _dockerfile_env()
-    for name in ("search", "search-cpu"):
+    for name in SEARCH_SERVICES:
         service = SERVICES[name]
         container_port = service["environment"]["SNAP2SHOP_PORT"]
         assert [p.rsplit(":", 1)[1] for p in service["ports"]] == [container_port]
@@ -119,7 +121,7 @@ def test_port_and_healthcheck_agree_with_the_app():
 
 
 def test_volumes_match_the_index_setting_and_are_read_only_where_they_should_be():
-    for name, service in SERVICES.items():
+    for name, service in OUR_SERVICES.items():
         mounts = {}
         for volume in service["volumes"]:  # SOURCE:TARGET[:MODE], SOURCE may hold ${VAR:-default}
             target, mode = re.fullmatch(r".*?:(/data/[\w-]+)(?::(\w+))?", volume).groups()
@@ -128,7 +130,7 @@ def test_volumes_match_the_index_setting_and_are_read_only_where_they_should_be(
         assert mounts["/data/checkpoints"] == ["ro"], name
         # the server only reads the index; the one-shot indexer writes it
         assert mounts["/data/index"] == (["ro"] if name.startswith("search") else []), name
-    for name in ("search", "search-cpu"):
+    for name in SEARCH_SERVICES:
         assert SERVICES[name]["environment"]["SNAP2SHOP_INDEX"] == "/data/index"
     assert _dockerfile_env()["SNAP2SHOP_INDEX"] == "/data/index"
     assert "index" in COMPOSE["volumes"]
@@ -171,3 +173,41 @@ def test_weights_bake_step_names_real_backbones():
 
     bake = re.search(r'ARG BAKE_BACKBONES="([^"]*)"', DOCKERFILE).group(1).split()
     assert bake and set(bake) <= set(BACKBONES)
+
+
+def test_milvus_profiles_run_milvus_standalone_and_a_search_service_that_reaches_it():
+    from indexer.vector_store import StoreConfig
+
+    infra = ("milvus", "milvus-etcd", "milvus-minio")
+    for name in infra:
+        assert SERVICES[name]["profiles"] == ["milvus", "milvus-cpu"], name
+        assert SERVICES[name]["healthcheck"]["test"][0] == "CMD", name
+    assert SERVICES["search-milvus"]["profiles"] == ["milvus"]
+    assert SERVICES["search-milvus-cpu"]["profiles"] == ["milvus-cpu"]
+    milvus = SERVICES["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    # Milvus finds etcd and MinIO under their service names, and starts once they are healthy.
+    for variable, service in (("ETCD_ENDPOINTS", "milvus-etcd"), ("MINIO_ADDRESS", "milvus-minio")):
+        host, port = milvus["environment"][variable].split(":")
+        assert host == service and port in {"2379", "9000"}
+    assert milvus["depends_on"] == {s: {"condition": "service_healthy"} for s in ("milvus-etcd", "milvus-minio")}
+    assert milvus["ports"] == ["127.0.0.1:${MILVUS_PUBLISH_PORT:-19530}:19530"]  # loopback only
+    for name in ("search-milvus", "search-milvus-cpu"):
+        env = SERVICES[name]["environment"]
+        assert env["SNAP2SHOP_MILVUS_URI"] == "http://milvus:19530" and env["SNAP2SHOP_STORE"] == "milvus"
+        assert SERVICES[name]["depends_on"] == {"milvus": {"condition": "service_healthy"}}
+        store_env = {k: v for k, v in env.items() if k in ("SNAP2SHOP_STORE", "SNAP2SHOP_MILVUS_URI")}
+        settings = Settings.from_env(store_env)  # the service accepts them
+        assert settings.store_override() == StoreConfig("milvus", "http://milvus:19530")
+    for volume in ("milvus-etcd", "milvus-minio", "milvus-data"):
+        assert volume in COMPOSE["volumes"]
+
+
+def test_images_carry_the_milvus_client_the_tests_use():
+    milvus = _pins(ROOT / "requirements-milvus.txt")
+    for image in ("requirements-gpu.txt", "requirements-cpu.txt"):
+        pins = _pins(DOCKER / image)
+        assert pins["pymilvus"] == milvus["pymilvus"], image
+        # milvus-lite pulls faiss-cpu, which would shadow faiss-gpu; the images reach a Milvus server.
+        assert "milvus-lite" not in pins, image
+    assert milvus["pymilvus"].split(".")[:2] == SERVICES["milvus"]["image"].split(":v")[1].split(".")[:2]
