@@ -52,7 +52,7 @@ def change_index(index_dir: Path, store: StoreConfig | None = None) -> Iterator[
     require_index_folder(index_dir)
     retire = functools.partial(release_folder_store, override=store)
     with writer_lock(index_dir, retire), staged_version(index_dir, retire) as staging:
-        live = open_index(index_dir, store, writable=True)  # refuses an inconsistent live version
+        live = open_index(index_dir, store)  # refuses an inconsistent live version
         change = None
         try:
             with closing(copy_for_edit(live.version_dir / METADATA_FILE, staging / METADATA_FILE)) as metadata:

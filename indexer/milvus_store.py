@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -41,6 +42,7 @@ _IVF = re.compile(r"IVF(\d+)(?:_HNSW\d+)?,(Flat|SQ8|PQ(\d+)(?:x\d+)?)")
 _HNSW = re.compile(r"HNSW(\d+)(?:,Flat)?")
 # A Lite file is one process's: count this process's open stores per file, to release it after the last.
 _lite_open: dict[str, int] = {}
+_lite_lock = threading.Lock()  # a hot reload opens and the garbage collector closes from other threads
 
 
 def is_lite(uri: str) -> bool:
@@ -102,7 +104,8 @@ def connect(uri: str):
         raise StoreUnavailableError(f"{uri} is a Milvus Lite file, which needs milvus-lite: "
                                     f"pip install -r requirements-milvus.txt") from None
     if is_lite(uri):
-        _lite_open[uri] = _lite_open.get(uri, 0) + 1
+        with _lite_lock:
+            _lite_open[uri] = _lite_open.get(uri, 0) + 1
     return client
 
 
@@ -111,8 +114,10 @@ def disconnect(client, uri: str) -> None:
     uri = canonical_uri(uri)
     if not is_lite(uri):
         return
-    _lite_open[uri] = _lite_open.get(uri, 1) - 1
-    if _lite_open[uri] <= 0:
+    with _lite_lock:
+        _lite_open[uri] = _lite_open.get(uri, 1) - 1
+        if _lite_open[uri] > 0:
+            return
         _lite_open.pop(uri, None)
         # Closing a client keeps the Lite server and its file lock; only this hands the file over.
         from milvus_lite.server_manager import server_manager_instance
@@ -229,7 +234,7 @@ class MilvusStore(VectorStore):
     # -- reading -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: StoreConfig, manifest: dict, writable: bool = False) -> "MilvusStore":
+    def open(cls, config: StoreConfig, manifest: dict) -> "MilvusStore":
         section = dict(manifest["store"])
         client = connect(config.milvus_uri)
         try:

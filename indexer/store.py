@@ -261,8 +261,7 @@ def format_version_for(store_kind: str) -> int:
     return 1 if store_kind == "faiss" else INDEX_FORMAT_VERSION
 
 
-def open_index(index_dir: str | Path, store: "StoreConfig | None" = None, index_device: str = "cpu",
-               writable: bool = False) -> OpenedIndex:
+def open_index(index_dir: str | Path, store: "StoreConfig | None" = None, index_device: str = "cpu") -> OpenedIndex:
     """Load the live version, checking that its store, metadata and manifest agree with each other.
 
     `store` overrides where a Milvus store is reached; `index_device` places a FAISS index (service)."""
@@ -271,7 +270,7 @@ def open_index(index_dir: str | Path, store: "StoreConfig | None" = None, index_
     version_dir, manifest = read_manifest(index_dir)
     metadata = MetadataStore(version_dir / METADATA_FILE)
     try:
-        vectors = open_store(version_dir, manifest, metadata.vector_ids_where, store, index_device, writable)
+        vectors = open_store(version_dir, manifest, metadata.vector_ids_where, store, index_device)
     except BaseException:
         metadata.close()
         raise

@@ -200,8 +200,8 @@ def store_config_of(manifest: dict, override: StoreConfig | None = None) -> Stor
 
 
 def open_store(version_dir: Path, manifest: dict, ids_where: Callable[[str, str], np.ndarray],
-               override: StoreConfig | None = None, index_device: str = "cpu", writable: bool = False) -> VectorStore:
-    """The live store of a version, for searching (and, when `writable`, to stage the next version).
+               override: StoreConfig | None = None, index_device: str = "cpu") -> VectorStore:
+    """The live store of a version, to search or to stage the next version from.
 
     `ids_where(field, value)` gives the vector ids of a metadata filter, for stores that filter by id.
     """
@@ -209,7 +209,7 @@ def open_store(version_dir: Path, manifest: dict, ids_where: Callable[[str, str]
     if config.kind == "milvus":
         from .milvus_store import MilvusStore
 
-        return MilvusStore.open(config, manifest, writable=writable)
+        return MilvusStore.open(config, manifest)
     from .faiss_store import FaissStore
 
     return FaissStore.open(version_dir, manifest, ids_where, index_device)
