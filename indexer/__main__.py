@@ -230,6 +230,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_query_head(head: dict | None) -> str:
+    if not head:
+        return "none (queries are embedded like catalogue photos)"
+    parts = [f"adapted, {head['dim']} dims"] + (["garment crop"] if head.get("locate") else []) + (
+        ["foreground pooling"] if head.get("foreground") else []) + (["per-side residual"] if head.get("residual") else [])
+    return ", ".join(parts)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import open_index
 
@@ -251,6 +259,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                       + (f" as {store['index_type']} in collection {store['collection']}" if "collection" in store
                          else "")),
         ("preprocessing", json.dumps(manifest["preprocessing"])),
+        ("query preprocessing", json.dumps(manifest.get("query_preprocessing", manifest["preprocessing"]))),
+        ("query head", _describe_query_head(manifest.get("query_head"))),
         ("catalogue", manifest["catalog"]["image_root"]),
         ("vectors", counts["vectors"]),
         ("items", counts["items"]),

@@ -92,6 +92,10 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
         "model": {"spec": loaded.spec, "checksum": loaded.checksum, "config": loaded.config.to_dict()},
         "dim": loaded.model.embedding_dim,
         "preprocessing": loaded.config.preprocessing.to_dict(),
+        # What the service does to an upload: its own preprocessing, and the query-side head of an
+        # adapted model (whose catalogue side made the vectors here).
+        "query_preprocessing": loaded.config.query_prep.to_dict(),
+        "query_head": loaded.config.adapter.to_dict() if loaded.config.adapter else None,
         "metric": "inner_product",
         "index_factory": choice.factory,
         "store": store_section,

@@ -1,4 +1,4 @@
-"""`python -m model train|evaluate`."""
+"""`python -m model train|adapt|evaluate`."""
 from __future__ import annotations
 
 from venv_guard import ensure_dependencies
@@ -52,6 +52,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT and its .state.pt")
     train.add_argument("--max-steps-per-epoch", type=int, default=None)
 
+    _add_adapt_parser(verbs)
+
     evaluate = verbs.add_parser("evaluate", help="top-k retrieval accuracy (DeepFashion protocol)")
     _add_data_args(evaluate)
     evaluate.add_argument("--model", action="append", required=True,
@@ -60,6 +62,62 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries-per-item", type=int, default=1, help="synthesised queries per item (catalog)")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation.json"), help="JSON report; the PNG goes beside it")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_adapt_parser(verbs) -> None:
+    from .adapt import HEADS, AdaptConfig
+
+    defaults = AdaptConfig(data=Path("."), format="catalog", out=Path("x.safetensors"))
+    adapt = verbs.add_parser("adapt", help="fit a head on the frozen backbone's cached features (CPU minutes)")
+    _add_data_args(adapt)
+    adapt.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    adapt.add_argument("--backbone", default=defaults.backbone)
+    adapt.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a local weights file")
+    adapt.add_argument("--input-size", type=_positive, default=None,
+                       help="catalogue-side pixels (default: the backbone's); the garment crop of a query too")
+    adapt.add_argument("--query-size", type=_positive, default=defaults.query_size,
+                       help=f"pixels of the query's first pass, where the garment is found (default {defaults.query_size})")
+    adapt.add_argument("--views", type=_positive, default=defaults.views,
+                       help=f"synthesised shopper's views per item, catalog format (default {defaults.views})")
+    adapt.add_argument("--cache", type=Path, default=None,
+                       help="feature cache folder (default ~/.cache/snap2shop/adapt); a killed run resumes from it")
+    adapt.add_argument("--batch-size", type=_positive, default=defaults.batch_size)
+    adapt.add_argument("--dim", type=_positive, default=defaults.dim, help="embedding dims after whitening")
+    adapt.add_argument("--head", choices=HEADS, default=defaults.head,
+                       help="whiten, residual (whitening + per-side InfoNCE heads) or auto: the better on held-out items")
+    adapt.add_argument("--no-foreground", dest="foreground", action="store_false",
+                       help="plain GeM instead of foreground-weighted pooling (implies --no-locate)")
+    adapt.add_argument("--no-locate", dest="locate", action="store_false",
+                       help="embed the whole query instead of the garment crop")
+    adapt.add_argument("--shard-rows", type=_positive, default=defaults.shard_rows,
+                       help="rows per cache shard, the most a killed run loses (default %(default)s)")
+    adapt.add_argument("--seed", type=int, default=0)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .adapt import AdaptConfig, adapt
+
+    config = AdaptConfig(
+        data=args.data, format=args.format, out=args.out, split_csv=args.split_csv, crop=args.crop,
+        backbone=args.backbone, weights=args.weights, input_size=args.input_size, query_size=args.query_size,
+        views=args.views, cache=args.cache, device=args.device, batch_size=args.batch_size,
+        workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
+        locate=args.locate and args.foreground, shard_rows=args.shard_rows, seed=args.seed,
+        progress=not args.quiet,
+    )
+    out = adapt(config)
+    print(f"checkpoint {out}\nreport {out.with_name(out.stem + '.adapt.json')}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -105,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
 
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.verb](args)
+        return {"train": cmd_train, "adapt": cmd_adapt, "evaluate": cmd_evaluate}[args.verb](args)
     except (CheckpointError, WeightsUnavailableError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

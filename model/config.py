@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-CONFIG_FORMAT_VERSION = 1
+# 2: query-side preprocessing and the adapted head (python -m model adapt).
+CONFIG_FORMAT_VERSION = 2
 
 POOLINGS = ("max", "gem", "avg")
 RESIZE_POLICIES = ("letterbox", "squash", "center-crop")
@@ -53,6 +54,45 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class AdapterConfig:
+    """A head fitted on the frozen backbone's feature maps by `python -m model adapt`.
+
+    Catalogue side: feature map -> foreground-weighted GeM -> learned whitening to `dim` ->
+    (residual linear) -> L2. Query side: the same, but first, when `locate` is on, the garment is
+    found on the query's feature map and cropped out of the query at the catalogue's input size, so
+    the garment is seen at the scale it has in a shop photo (a shopper's garment is smaller and
+    surrounded by street). Shop photos and shoppers' photos are two domains: each side has its own
+    residual head.
+    """
+
+    dim: int
+    foreground: bool = True            # weight pooling by a learned per-cell garment probability
+    foreground_hidden: int = 64        # width of the 1x1-convolution foreground net
+    locate: bool = True                # query side: crop to the garment before embedding
+    crop_margin: float = 0.1           # of the garment box's longer side, added on every side
+    gem_p: float = 3.0
+    residual: bool = True              # per-side residual linear heads after the whitening
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.dim <= 65536:
+            raise ValueError(f"adapter dim must be a positive integer, got {self.dim}")
+        if self.locate and not self.foreground:
+            raise ValueError("locating the garment needs the foreground head (foreground=True)")
+        if not 0 <= self.crop_margin <= 1:
+            raise ValueError(f"crop_margin must be within 0..1, got {self.crop_margin}")
+        if self.foreground_hidden < 1 or self.gem_p < 1:
+            raise ValueError("foreground_hidden must be positive and gem_p at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdapterConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
 class EmbedderConfig:
     """Architecture of the embedder: backbone -> global pooling -> optional FC to `dim` -> L2 norm.
 
@@ -66,6 +106,10 @@ class EmbedderConfig:
     gem_p: float = 3.0
     bnneck: bool = False
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    # How a shopper's upload is preprocessed; None: as the catalogue (`preprocessing`). Its own
+    # input size matters: the garment fills less of a street photo than of a shop photo.
+    query_preprocessing: Preprocessing | None = None
+    adapter: AdapterConfig | None = None
     format_version: int = CONFIG_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -73,10 +117,19 @@ class EmbedderConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.dim is not None and not 1 <= self.dim <= 65536:
             raise ValueError(f"dim must be a positive integer, got {self.dim}")
+        if self.adapter is not None and (self.dim is not None or self.bnneck):
+            raise ValueError("an adapted head replaces the FC head: dim and bnneck must be unset")
+
+    @property
+    def query_prep(self) -> Preprocessing:
+        """The preprocessing of shoppers' photos (the catalogue's when none of its own is set)."""
+        return self.query_preprocessing or self.preprocessing
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["preprocessing"] = self.preprocessing.to_dict()
+        data["query_preprocessing"] = self.query_preprocessing.to_dict() if self.query_preprocessing else None
+        data["adapter"] = self.adapter.to_dict() if self.adapter else None
         return data
 
     def to_json(self) -> str:
@@ -94,4 +147,8 @@ class EmbedderConfig:
         values = {k: v for k, v in data.items() if k in known}
         if "preprocessing" in values:
             values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+        if values.get("query_preprocessing") is not None:
+            values["query_preprocessing"] = Preprocessing.from_dict(values["query_preprocessing"])
+        if values.get("adapter") is not None:
+            values["adapter"] = AdapterConfig.from_dict(values["adapter"])
         return cls(**values)

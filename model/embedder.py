@@ -1,6 +1,8 @@
 """The embedder of Gajic & Baldrich: backbone -> global pooling -> FC to D dims -> L2 norm.
 
-Each of the three Siamese streams in training is this same module with shared weights.
+Each of the three Siamese streams in training is this same module with shared weights. An adapted
+embedder (`python -m model adapt`) replaces pooling and FC by `AdaptedHead`, whose query side first
+finds the garment in the shopper's photo and crops it.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import get_backbone
+from .adapted_head import AdaptedHead, crop_boxes
 from .config import EmbedderConfig
 from .pooling import build_pooling
 
@@ -26,11 +29,40 @@ class Embedder(nn.Module):
         if config.bnneck:
             self.neck.bias.requires_grad_(False)
         self.head = nn.Linear(spec.feature_dim, config.dim) if config.dim else nn.Identity()
-        self.embedding_dim = config.dim or spec.feature_dim
+        self.adapter = AdaptedHead(spec.feature_dim, config.adapter) if config.adapter else None
+        self.embedding_dim = config.adapter.dim if config.adapter else (config.dim or spec.feature_dim)
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone(images)).flatten(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        embedding = self.head(self.neck(self.pooled_features(images)))
+        """Catalogue photos (B, 3, S, S) at `config.preprocessing` -> (B, D) unit vectors."""
+        return self.embed_feature_maps(self.backbone(images))
+
+    def embed_feature_maps(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The catalogue side after the backbone: (B, C, h, w) feature maps -> (B, D) unit vectors.
+
+        Lets a cache of backbone maps (adapt's) be embedded again under a new head without a pass."""
+        if self.adapter is not None:
+            return self.adapter.project(self.adapter.pool(fmap), "catalog")
+        embedding = self.head(self.neck(self.pool(fmap).flatten(1)))
         return F.normalize(embedding.float(), dim=1)
+
+    @property
+    def has_query_head(self) -> bool:
+        return self.adapter is not None
+
+    def encode_query(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shoppers' photos at `config.query_prep` -> ((B, D) unit vectors, (B, 4) garment boxes or None).
+
+        Boxes are x0, y0, x1, y1 in units of the input frame (0..1), possibly past its edges."""
+        if self.adapter is None:
+            return self.forward(images), None
+        fmap = self.backbone(images)
+        boxes = None
+        if self.adapter.config.locate:
+            boxes = self.adapter.locate(fmap)
+            crops = crop_boxes(images, boxes, self.config.preprocessing.input_size)
+            fmap = self.backbone(crops.contiguous(memory_format=torch.channels_last)
+                                 if images.is_contiguous(memory_format=torch.channels_last) else crops)
+        return self.adapter.project(self.adapter.pool(fmap), "query"), boxes

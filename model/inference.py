@@ -71,3 +71,17 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePla
                                                 enabled=plan.bf16):
         embeddings = model(images)
     return embeddings.float().cpu().numpy()
+
+
+def embed_query_batch(model: torch.nn.Module, images: torch.Tensor,
+                      plan: InferencePlan) -> tuple[np.ndarray, np.ndarray | None]:
+    """Shoppers' photos (B, 3, H, W) at the query preprocessing -> ((B, D) unit vectors, (B, 4) garment
+    boxes in frame units, or None when the model embeds the whole photo)."""
+    images = images.to(plan.device, non_blocking=True)
+    if plan.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    net = getattr(model, "_orig_mod", model)  # a torch.compile'd model keeps its methods on the original
+    with torch.inference_mode(), torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16,
+                                                enabled=plan.bf16):
+        embeddings, boxes = net.encode_query(images)
+    return embeddings.float().cpu().numpy(), (boxes.float().cpu().numpy() if boxes is not None else None)

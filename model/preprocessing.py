@@ -86,7 +86,12 @@ def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = 
                     img.draft("RGB", (target_size, target_size) if fit == "cover"
                               else fit_inside_size(width, height, target_size))
                 img.load()
-                return _to_rgb(_upright(img))
+                draft_factor = width / img.size[0]
+                out = _to_rgb(_upright(img))
+                # The upright photo's full size, also when JPEG draft decoding made it smaller: what
+                # coordinates sent back to the uploader (a garment region) are measured in.
+                out.info["source_size"] = (round(out.width * draft_factor), round(out.height * draft_factor))
+                return out
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -326,13 +331,26 @@ def build_transform(prep: Preprocessing) -> Callable[[Image.Image], torch.Tensor
             return to_tensor(resize_to_input(img, prep), prep)
         # Padding is written as exact zeros in tensor space: an 8-bit mean colour would leave a
         # small constant there that max pooling could pick up.
-        resized = _fit_inside(img, size)
+        resized, left, top = letterbox_content(img, size)
         out = np.zeros((3, size, size), np.float32)
-        top, left = (size - resized.height) // 2, (size - resized.width) // 2
         _normalise_into(resized, prep, out[:, top:top + resized.height, left:left + resized.width])
         return torch.from_numpy(out)
 
     return transform
+
+
+def letterbox_content(img: Image.Image, size: int) -> tuple[Image.Image, int, int]:
+    """The photo scaled to fit a size x size letterbox, and its (left, top) offset in it."""
+    resized = _fit_inside(img, size)
+    return resized, (size - resized.width) // 2, (size - resized.height) // 2
+
+
+def letterbox_tensor(content: np.ndarray, left: int, top: int, prep: Preprocessing) -> torch.Tensor:
+    """(h, w, 3) uint8 letterbox content at (left, top) -> the (3, S, S) tensor `build_transform` makes."""
+    size = prep.input_size
+    out = np.zeros((3, size, size), np.float32)
+    _normalise_into(Image.fromarray(content), prep, out[:, top:top + content.shape[0], left:left + content.shape[1]])
+    return torch.from_numpy(out)
 
 
 def load_input_image(source: str | Path | bytes | BinaryIO, prep: Preprocessing,

@@ -94,6 +94,13 @@ class ConsumerViewSynthesizer:
 
     def __call__(self, shop: Image.Image, rng: random.Random) -> Image.Image:
         """RGB in, RGB out; the result depends only on the photo and the state of `rng`."""
+        return self.compose(shop, rng)[0]
+
+    def compose(self, shop: Image.Image, rng: random.Random) -> tuple[Image.Image, Image.Image]:
+        """The street view and its 'L' product mask: where the product shows, occluders excluded.
+
+        Without a cut-out the whole placed shop photo counts as the product (its backdrop is part
+        of what a catalogue photo of it shows)."""
         c = self.config
         shop = shop.convert("RGB")
         # One stream per stage, so switching a stage off in an ablation leaves the others' draws alone.
@@ -112,10 +119,13 @@ class ConsumerViewSynthesizer:
             bg = bg * self._shadow(alpha_img, r_geo)[..., None]
         comp = bg * (1 - alpha) + la[..., :3]
         occluders = self._occluders(alpha[..., 0], r_occ)
+        visible = alpha[..., 0]
         if occluders is not None:
             colour, cover = occluders
             comp = comp * (1 - cover) + colour * cover
-        return self._camera(comp, alpha_img, r_light, r_cam)
+            visible = visible * (1 - cover[..., 0])
+        mask = Image.fromarray(np.clip(visible * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+        return self._camera(comp, alpha_img, r_light, r_cam), mask
 
     def _background(self, W: int, H: int, r: random.Random) -> Image.Image:
         c = self.config

@@ -37,6 +37,7 @@ class _Job:
 @dataclass(frozen=True)
 class EmbedResult:
     vector: np.ndarray  # (1, D)
+    box: np.ndarray | None  # (4,) the garment box the model found, in input-frame units; None: none sought
     queue_ms: float  # waiting for the worker
     embed_ms: float  # the forward pass this photo rode in
     batch_size: int
@@ -113,7 +114,12 @@ class MicroBatcher:
     def _embed(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            vectors = batch[0].embedder.embed(torch.stack([job.tensor for job in batch]))
+            stacked = torch.stack([job.tensor for job in batch])
+            embedder = batch[0].embedder
+            if hasattr(embedder, "embed_queries"):
+                vectors, boxes = embedder.embed_queries(stacked)
+            else:
+                vectors, boxes = embedder.embed(stacked), None
         except Exception as exc:  # the requests get the error; the worker lives on
             log.exception("embedding a batch of %d failed", len(batch))
             for job in batch:
@@ -123,7 +129,7 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), embed_ms)
         for i, job in enumerate(batch):
-            result = EmbedResult(vector=vectors[i:i + 1], queue_ms=(started - job.enqueued) * 1e3,
+            result = EmbedResult(vector=vectors[i:i + 1], box=None if boxes is None else boxes[i], queue_ms=(started - job.enqueued) * 1e3,
                                  embed_ms=embed_ms, batch_size=len(batch))
             _settle_threadsafe(job, result, None)
 

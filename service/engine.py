@@ -11,8 +11,8 @@ import numpy as np
 from indexer.store import OpenedIndex, open_index
 from indexer.vector_store import StoreConfig
 from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
-from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model, resolve_device
-from model.preprocessing import Box, crop_to_box, load_input_image
+from model.inference import InferencePlan, embed_query_batch, plan_inference, prepare_model, resolve_device
+from model.preprocessing import Box, crop_to_box, fit_inside_size, load_input_image
 
 log = logging.getLogger("snap2shop.service")
 
@@ -29,18 +29,51 @@ class SearchHit:
     attributes: dict = field(default_factory=dict)
 
 
-class Embedder:
-    """A loaded model and how it runs: photo bytes -> input tensor -> unit vector.
+@dataclass(frozen=True)
+class QueryFrame:
+    """Where a query's letterboxed input lies in the uploaded photo, to map a garment box back.
 
-    Kept apart from the index so a hot reload of a catalogue built with the same weights reuses it.
+    `region` is the part of the upright photo that was searched (the whole photo, or the user's box),
+    in the photo's own pixels; `content` is where that region sits in the size x size input frame."""
+
+    region: tuple[float, float, float, float]
+    content: tuple[int, int, int, int]  # left, top, width, height in frame pixels
+    size: int
+
+    @classmethod
+    def of(cls, region: tuple[float, float, float, float], content_size: tuple[int, int], size: int) -> "QueryFrame":
+        width, height = content_size
+        return cls(region, ((size - width) // 2, (size - height) // 2, width, height), size)
+
+    def to_photo(self, box) -> list[int]:
+        """(4,) box in frame units (0..1, may pass the edges) -> [x0, y0, x1, y1] photo pixels, clipped."""
+        rx0, ry0, rx1, ry1 = self.region
+        left, top, width, height = self.content
+        out = []
+        for i, value in enumerate(box):
+            pixel = float(value) * self.size
+            if i % 2 == 0:
+                out.append(min(rx1, max(rx0, rx0 + (pixel - left) / width * (rx1 - rx0))))
+            else:
+                out.append(min(ry1, max(ry0, ry0 + (pixel - top) / height * (ry1 - ry0))))
+        return [round(v) for v in out]
+
+
+class PhotoEncoder:
+    """A loaded model and how it runs: photo bytes -> query input tensor -> unit vector.
+
+    Uploads are shoppers' photos: they get the model's query-side preprocessing and, for an adapted
+    model, its query-side head (garment crop included). Kept apart from the index so a hot reload of
+    a catalogue built with the same weights reuses it.
     """
 
     def __init__(self, model: LoadedModel, plan: InferencePlan) -> None:
         self.model = model
         self.plan = plan
         self.net = prepare_model(model.model, plan)
-        self.preprocessing = model.config.preprocessing
-        self._transform = build_transform(self.preprocessing)
+        self.preprocessing = model.config.preprocessing          # the catalogue's
+        self.query_preprocessing = model.config.query_prep
+        self._transform = build_transform(self.query_preprocessing)
 
     @property
     def checksum(self) -> str:
@@ -51,21 +84,34 @@ class Embedder:
 
         Raises ImageDecodeError for bad bytes and BoxError for a box outside the photo.
         """
+        return self.decode_query(image_bytes, box)[0]
+
+    def decode_query(self, image_bytes: bytes, box: Box | None = None):
+        """(tensor, QueryFrame): the input tensor and where it lies in the photo."""
         if box is None:
-            img = load_input_image(image_bytes, self.preprocessing)
+            img = load_input_image(image_bytes, self.query_preprocessing)
+            width, height = img.info.get("source_size", img.size)
+            region = (0.0, 0.0, float(width), float(height))
         else:
             # Full-resolution decode: box coordinates are in the photo's own (upright) pixels, and
             # a small box needs all of them.
             img = crop_to_box(load_image(image_bytes), box)
-        return self._transform(img)
+            region = (float(round(box.x0)), float(round(box.y0)), float(round(box.x1)), float(round(box.y1)))
+        size = self.query_preprocessing.input_size
+        frame = QueryFrame.of(region, fit_inside_size(img.width, img.height, size), size)
+        return self._transform(img), frame
 
     def embed(self, batch) -> np.ndarray:
-        """(B, 3, H, W) tensors -> (B, D) float32 unit vectors."""
-        return embed_batch(self.net, batch, self.plan)
+        """(B, 3, H, W) query tensors -> (B, D) float32 unit vectors."""
+        return self.embed_queries(batch)[0]
+
+    def embed_queries(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, 3, H, W) query tensors -> ((B, D) unit vectors, (B, 4) garment boxes in frame units or None)."""
+        return embed_query_batch(self.net, batch, self.plan)
 
 
 class SearchEngine:
-    def __init__(self, index: OpenedIndex, embedder: Embedder) -> None:
+    def __init__(self, index: OpenedIndex, embedder: PhotoEncoder) -> None:
         self.index = index
         self.store = index.store
         self.embedder = embedder
@@ -77,7 +123,7 @@ class SearchEngine:
     @classmethod
     def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
              precision: str = "auto", index_device: str = "auto",
-             reuse: Embedder | None = None, store: StoreConfig | None = None) -> "SearchEngine":
+             reuse: PhotoEncoder | None = None, store: StoreConfig | None = None) -> "SearchEngine":
         """Open the live index version with its model; `reuse` an already loaded embedder when it
         holds the weights the index was built with (a hot reload of the same model). `store` says
         where the index's Milvus store is reached when not where the indexer reached it."""
@@ -92,7 +138,7 @@ class SearchEngine:
             )
         else:
             plan = reuse.plan if reuse is not None else plan_inference(resolve_device(device), precision)
-            embedder = Embedder(load_model(model_spec or manifest["model"]["spec"]), plan)
+            embedder = PhotoEncoder(load_model(model_spec or manifest["model"]["spec"]), plan)
         try:
             check_compatible(opened, embedder.model)
         except IncompatibleIndexError:
@@ -105,7 +151,7 @@ class SearchEngine:
         return engine
 
     @classmethod
-    def from_settings(cls, settings, reuse: Embedder | None = None) -> "SearchEngine":
+    def from_settings(cls, settings, reuse: PhotoEncoder | None = None) -> "SearchEngine":
         return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device,
                         reuse=reuse, store=settings.store_override())
 

@@ -50,6 +50,9 @@ class SearchResult(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
+    # Where the model found the garment it searched for: x0, y0, x1, y1 in the photo's own pixels
+    # (after EXIF rotation, like `box`); null when the model embeds the whole photo.
+    region: list[int] | None = None
     took_ms: float
     timings_ms: dict[str, float]
     index_version: str
@@ -93,7 +96,8 @@ async def search(
     t0 = time.perf_counter()
     try:
         # Off the event loop, and only so many at once: a full-size decode can take 100+ MB.
-        tensor = await anyio.to_thread.run_sync(engine.embedder.decode, data, region, limiter=services.decode_slots)
+        tensor, frame = await anyio.to_thread.run_sync(engine.embedder.decode_query, data, region,
+                                                       limiter=services.decode_slots)
     except BoxError as exc:
         raise HTTPException(422, str(exc)) from None
     except ImageDecodeError as exc:
@@ -107,8 +111,9 @@ async def search(
     services.metrics.observe_search(timings, took_ms)
     rounded = {name: round(value, 2) for name, value in timings.items()}
     request.state.timings_ms = rounded | {"batch_size": embedded.batch_size}
-    return SearchResponse(results=[_result(h) for h in hits], took_ms=round(took_ms, 2), timings_ms=rounded,
-                          index_version=engine.version)
+    found = frame.to_photo(embedded.box) if embedded.box is not None else None
+    return SearchResponse(results=[_result(h) for h in hits], region=found, took_ms=round(took_ms, 2),
+                          timings_ms=rounded, index_version=engine.version)
 
 
 @router.get("/items/{item_id}", summary="Metadata of one catalogue item")

@@ -26,7 +26,7 @@ from model import build_from_backbone, load_model, save_checkpoint
 from model.inference import plan_inference
 from service.app import create_app
 from service.batching import MicroBatcher
-from service.engine import Embedder
+from service.engine import PhotoEncoder as Embedder
 from service.settings import Settings
 
 from .conftest import TINY_PREP

@@ -1,0 +1,206 @@
+"""Benchmark: CPU adaptation (`python -m model adapt`) against the zero-shot model, on several query recipes.
+
+    python bench/bench_adapt.py [--data ../shared/data/fashion-products] [--cache DIR] [--queries 600]
+        [--model SPEC ...] [--zero-shot-sizes 224,320,384] [--recipes synth,small,harsh,street]
+        [--variants default,k1,whiten,no-locate,no-foreground] [--tta] [--out var/bench/adapt.json]
+
+Adaptation trains on fashion-products' `train` items only (split.csv); every figure is measured on
+shopper's views of `test` items searched among all 9,583 catalogue photos (best photo per item).
+Queries come from four recipes, so a gain on the training synthesiser's own look is not mistaken
+for a gain on real photos:
+
+- synth:  the training synthesiser's default config, with evaluation's own seeds;
+- small:  the garment smaller in a larger frame (0.2-0.55 of it), more clutter;
+- harsh:  strong light, blur, noise, heavy JPEG and more occlusion;
+- street: demo.synth.street_view: a crop of the shop photo, tilted and re-lit, no new scene.
+
+Catalogue embeddings are computed from the adapt cache's feature maps when the cache has them
+(the same maps a forward pass would give), so each model costs one pass per query only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-products"
+RECIPE_SEEDS = {"synth": 20_181_116, "small": 31_000_000, "harsh": 41_000_000, "street": 51_000_000}
+VARIANTS = {
+    "default": {},
+    "k1": {"views": 1},
+    "k4": {"views": 4},
+    "whiten": {"head": "whiten"},
+    "residual": {"head": "residual"},
+    "no-locate": {"locate": False},
+    "no-foreground": {"foreground": False, "locate": False},
+}
+
+
+def recipe(name: str):
+    from demo.synth import street_view
+    from model.synthesis import ConsumerViewConfig, ConsumerViewSynthesizer
+
+    if name == "synth":
+        return ConsumerViewSynthesizer()
+    if name == "small":
+        return ConsumerViewSynthesizer(ConsumerViewConfig(garment_fraction=(0.2, 0.55), long_side=(384, 720),
+                                                          p_occlusion=0.5, p_cutout=1.0))
+    if name == "harsh":
+        return ConsumerViewSynthesizer(ConsumerViewConfig(
+            brightness=(0.45, 1.45), contrast=(0.6, 1.35), gamma=(0.6, 1.6), max_temperature=0.2,
+            p_blur=0.8, max_blur=2.2, noise_sigma=(3.0, 12.0), jpeg_quality=(18, 60), p_occlusion=0.6,
+            max_occluded_fraction=0.35, saturation=(0.55, 1.35)))
+    if name == "street":
+        return street_view
+    raise SystemExit(f"unknown recipe {name!r}; choose from {sorted(RECIPE_SEEDS)}")
+
+
+def make_queries(test_photos, recipe_name: str, limit: int):
+    """(PIL images, item ids) of `limit` test items' views under one recipe, reproducibly."""
+    from model.views import load_photo
+
+    synth = recipe(recipe_name)
+    seed = RECIPE_SEEDS[recipe_name]
+    images, items = [], []
+    for index, photo in enumerate(test_photos[:limit]):
+        images.append(synth(load_photo(photo), random.Random(seed + 1000 * index)))
+        items.append(photo.item_id)
+    return images, items
+
+
+def embed_queries(loaded, images, flip: bool = False, batch_size: int = 16):
+    import numpy as np
+    import torch
+    from PIL import ImageOps
+
+    from model.inference import embed_query_batch, plan_inference
+    from model.preprocessing import build_transform
+
+    plan = plan_inference(torch.device("cpu"))
+    transform = build_transform(loaded.config.query_prep)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        vectors, _ = embed_query_batch(loaded.model, torch.stack([transform(i) for i in chunk]), plan)
+        if flip:
+            mirrored, _ = embed_query_batch(loaded.model, torch.stack([transform(ImageOps.mirror(i)) for i in chunk]),
+                                            plan)
+            vectors = vectors + mirrored
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        out.append(vectors)
+    return np.concatenate(out)
+
+
+def catalog_embeddings(loaded, maps_by_size: dict, gallery_photos, workers: int):
+    """Catalogue vectors from cached maps when the cache holds this backbone at this size, else a pass."""
+    import numpy as np
+    import torch
+
+    size = loaded.config.preprocessing.input_size
+    if size in maps_by_size:
+        maps = maps_by_size[size]
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(maps), 256):
+                out.append(loaded.model.embed_feature_maps(torch.from_numpy(maps[start:start + 256]).float()).numpy())
+        return np.concatenate(out)
+    from model.inference import plan_inference, prepare_model
+    from model.views import View, embed_views
+
+    plan = plan_inference(torch.device("cpu"))
+    return embed_views(prepare_model(loaded.model, plan), plan, [View(p) for p in gallery_photos],
+                       loaded.config.preprocessing, None, 32, workers)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--cache", type=Path, default=None, help="adapt's feature cache (shared by every variant)")
+    parser.add_argument("--queries", type=int, default=600, help="test items per recipe")
+    parser.add_argument("--model", action="append", default=[], help="extra checkpoints to score")
+    parser.add_argument("--zero-shot-sizes", default="224,320,384", help="query sizes of the zero-shot model")
+    parser.add_argument("--zero-shot-pooling", default="max")
+    parser.add_argument("--recipes", default="synth,small,harsh,street")
+    parser.add_argument("--variants", default="", help=f"adapt variants to train and score: {','.join(VARIANTS)}")
+    parser.add_argument("--tta", action="store_true", help="also score flip test-time augmentation")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "adapt.json")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from model import build_from_backbone, load_model
+    from model.adapt import AdaptConfig, adapt, catalog_cache
+    from model.checkpoint import LoadedModel, weights_checksum
+    from model.data import read_data
+    from model.evaluate import item_ranks, top_k
+
+    data = read_data("catalog", args.data, split_csv=args.data / "split.csv")
+    gallery = data.shop()
+    gallery_items = [p.item_id for p in gallery]
+    test_photos = [photos[0] for _, photos in sorted(data.split("test").shop_by_item().items())]
+    recipes = [r for r in args.recipes.split(",") if r]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = json.loads(args.out.read_text()) if args.out.exists() else []
+
+    t0 = time.perf_counter()
+    queries = {r: make_queries(test_photos, r, args.queries) for r in recipes}
+    print(f"queries: {len(recipes)} recipes x {args.queries} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    maps_by_size = {}
+    base = build_from_backbone("efficientnet-lite0")
+    if args.cache:
+        part = catalog_cache(args.cache, "efficientnet-lite0", weights_checksum(base.backbone),
+                             base.config.preprocessing, gallery)
+        if part.complete():
+            maps_by_size[base.config.preprocessing.input_size] = part.read(["maps"])["maps"]
+
+    def score(name: str, loaded: LoadedModel, extra: dict) -> None:
+        started = time.perf_counter()
+        cat = catalog_embeddings(loaded, maps_by_size, gallery, args.workers)
+        for r in recipes:
+            for flip in ((False, True) if args.tta else (False,)):
+                t = time.perf_counter()
+                q = embed_queries(loaded, queries[r][0], flip=flip)
+                query_s = time.perf_counter() - t
+                ranks = item_ranks(q, queries[r][1], cat, gallery_items)
+                row = {"model": name, "recipe": r, "tta": "flip" if flip else "none", "queries": len(q),
+                       "query_size": loaded.config.query_prep.input_size,
+                       "ms_per_query": round(query_s / len(q) * 1e3, 1), **top_k(ranks, (1, 5, 10, 20, 50)), **extra}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{name}: {time.perf_counter() - started:.0f}s", flush=True)
+
+    for size in [int(s) for s in args.zero_shot_sizes.split(",") if s]:
+        model = build_from_backbone("efficientnet-lite0", pooling=args.zero_shot_pooling)
+        model = model.__class__(replace(model.config, query_preprocessing=replace(model.config.preprocessing,
+                                                                                   input_size=size)))
+        model.load_state_dict(build_from_backbone("efficientnet-lite0", pooling=args.zero_shot_pooling).state_dict())
+        score(f"zero-shot {args.zero_shot_pooling}", LoadedModel(model.eval(), "zero-shot", ""), {})
+
+    for variant in [v for v in args.variants.split(",") if v]:
+        out = args.out.parent / f"adapt-{variant}.safetensors"
+        config = AdaptConfig(data=args.data, format="catalog", out=out, split_csv=args.data / "split.csv",
+                             cache=args.cache, workers=args.workers, progress=False, **VARIANTS[variant])
+        started = time.perf_counter()
+        adapt(config)
+        report = json.loads(out.with_name(out.stem + ".adapt.json").read_text())
+        extra = {"variant": variant, "adapt_min": round((time.perf_counter() - started) / 60, 1),
+                 "stage_s": report["timings"], "val": report["projection"].get("val_whiten"),
+                 "head": report["projection"]["head"]}
+        score(f"adapt {variant}", load_model(str(out)), extra)
+
+    for spec in args.model:
+        score(spec, load_model(spec), {})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

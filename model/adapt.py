@@ -1,0 +1,267 @@
+"""`python -m model adapt`: a trained embedder without a GPU.
+
+The backbone stays frozen. Its feature maps of the catalogue and of shoppers' views (synthesised
+from the shop photos, or real ones) are computed once into a resumable cache; a head is fitted on
+the cache in seconds: the foreground net, the garment crop of the query side, foreground-weighted
+GeM, learned whitening and per-side residual heads. The output is an ordinary checkpoint that the
+indexer and the service load like any other.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .adapt_cache import encode_crops, encode_rows
+from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
+from .adapt_fit import fit_foreground, fit_projection, pool, sample_cells
+from .adapted_head import garment_boxes
+from .checkpoint import build_from_backbone, save_checkpoint, weights_checksum
+from .config import AdapterConfig, EmbedderConfig, Preprocessing
+from .data import Photo, read_data
+from .embedder import Embedder
+from .feature_cache import CachePart
+from .inference import plan_inference, prepare_model, resolve_device
+
+log = logging.getLogger("snap2shop.adapt")
+
+HEADS = ("auto", "whiten", "residual")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "snap2shop" / "adapt"
+
+
+@dataclass
+class AdaptConfig:
+    data: Path
+    format: str
+    out: Path
+    split_csv: Path | None = None
+    crop: bool = True
+    backbone: str = "efficientnet-lite0"
+    weights: str = "imagenet"
+    input_size: int | None = None   # catalogue side; None: the backbone's own
+    query_size: int = 320           # the query's locate pass (the garment crop is at input_size)
+    views: int = 2                  # synthesised views per item (catalog format)
+    cache: Path | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int = 2
+    dim: int = 512
+    head: str = "auto"
+    foreground: bool = True
+    locate: bool = True
+    crop_margin: float = 0.1
+    max_cells: int = 300_000
+    shard_rows: int = 256           # rows per cache shard: what a killed run can lose
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.views < 1 or self.views > 64:
+            raise ValueError(f"--views must be between 1 and 64, got {self.views}")
+        if self.batch_size < 1 or self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
+            raise ValueError("--batch-size and --shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
+        if self.head not in HEADS:
+            raise ValueError(f"--head must be one of {HEADS}, got {self.head!r}")
+        if not 64 <= self.query_size <= 1024 or (self.input_size is not None and not 64 <= self.input_size <= 1024):
+            raise ValueError("--query-size and --input-size must be between 64 and 1024 pixels")
+        if self.locate and not self.foreground:
+            raise ValueError("--locate needs the foreground head (drop --no-foreground)")
+        if Path(self.out).suffix != ".safetensors":
+            raise ValueError(f"--out must name a .safetensors file, got {self.out}")
+
+
+def _rows_hash(rows) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(row_key(row).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def catalog_cache(cache_root: Path, backbone: str, backbone_sum: str, prep: Preprocessing,
+                  shop_photos: list[Photo], shard_rows: int = 256) -> CachePart:
+    """The cache part of these shop photos' feature maps (every split: it is features, not training)."""
+    rows = catalog_rows(shop_photos)
+    fingerprint = {"backbone": backbone, "backbone_sha256": backbone_sum, "prep": prep.to_dict(),
+                   "rows": _rows_hash(rows)}
+    return CachePart(Path(cache_root), "catalog", fingerprint, len(rows), shard_rows).open()
+
+
+def adapt(config: AdaptConfig) -> Path:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(config.out)
+    if not out.parent.exists():
+        raise ValueError(f"the folder of --out ({out.parent}) does not exist")
+    data = read_data(config.format, config.data, split_csv=config.split_csv, crop=config.crop)
+    train = data.split("train")
+    if not train.shop():
+        raise ValueError(f"{config.data}: no shop photos of 'train' items to adapt on")
+    synthesised = not train.consumer()
+    if not synthesised and config.format == "catalog":
+        raise ValueError("catalog data has no shoppers' photos")
+
+    model = build_from_backbone(config.backbone, config.weights)
+    prep = model.config.preprocessing
+    if config.input_size:
+        prep = replace(prep, input_size=config.input_size)
+    query_prep = replace(prep, input_size=config.query_size)
+    backbone_sum = weights_checksum(model.backbone)
+    plan = plan_inference(resolve_device(config.device))
+    backbone = prepare_model(model.backbone, plan)
+    cache_root = Path(config.cache) if config.cache else default_cache_dir()
+    base = {"backbone": config.backbone, "backbone_sha256": backbone_sum}
+
+    shop_photos = data.shop()
+    cat_rows = catalog_rows(shop_photos)
+    cat_part = catalog_cache(cache_root, config.backbone, backbone_sum, prep, shop_photos, config.shard_rows)
+    t0 = time.perf_counter()
+    encode_rows(cat_part, RowDataset(cat_rows, prep), backbone, plan, config.batch_size, config.workers,
+                config.progress, "catalogue")
+    timings["catalog_s"] = time.perf_counter() - t0
+
+    synthesizer, synth_desc = None, None
+    if synthesised:
+        from .synthesis import ConsumerViewSynthesizer
+
+        synthesizer = ConsumerViewSynthesizer()
+        synth_desc = asdict(synthesizer.config)
+        view_sets = [view_rows(train.shop_by_item(), n) for n in range(config.views)]
+    else:
+        view_sets = [catalog_rows(train.consumer())]
+    v_rows = [row for rows in view_sets for row in rows]
+    view_parts = []
+    t0 = time.perf_counter()
+    for n, rows in enumerate(view_sets):
+        fingerprint = base | {"prep": query_prep.to_dict(), "rows": _rows_hash(rows), "synth": synth_desc}
+        part = CachePart(cache_root, "views", fingerprint, len(rows), config.shard_rows).open()
+        encode_rows(part, RowDataset(rows, query_prep, synthesizer, keep_frame=True), backbone, plan,
+                    config.batch_size, config.workers, config.progress,
+                    f"shopper views {n + 1}/{len(view_sets)}" if synthesised else "shopper photos")
+        view_parts.append(part)
+    timings["views_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cat_info = cat_part.read(["ok", "has_mask", "error"])
+    view_info = _read_parts(view_parts, ["ok", "has_mask", "error"])
+    skipped = sorted({str(e) for e in np.concatenate([cat_info["error"], view_info["error"]]) if e})
+    for line in skipped[:20]:
+        log.warning("skipped: %s", line)
+    foreground = None
+    if config.foreground:
+        foreground = _fit_foreground(cat_part, view_parts, config)
+    timings["foreground_s"] = time.perf_counter() - t0
+
+    adapter = AdapterConfig(dim=config.dim, foreground=config.foreground, locate=config.locate,
+                            crop_margin=config.crop_margin)
+    t0 = time.perf_counter()
+    query_parts = view_parts
+    if config.locate:
+        fg_sum = weights_checksum(foreground)
+
+        def locate(maps: torch.Tensor) -> torch.Tensor:
+            return garment_boxes(torch.sigmoid(foreground(maps)), config.crop_margin)
+
+        query_parts = []
+        for part in view_parts:
+            crop_part = CachePart(cache_root, "crops", {"views": part.dir.name, "foreground": fg_sum,
+                                                        "margin": config.crop_margin, "prep": prep.to_dict()},
+                                  part.rows, config.shard_rows).open()
+            encode_crops(crop_part, part, locate, backbone, plan, query_prep, prep.input_size,
+                         config.batch_size, config.progress)
+            query_parts.append(crop_part)
+    timings["crops_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cat_pooled = _pooled(cat_part, foreground, adapter.gem_p)
+    q_pooled = np.concatenate([_pooled(part, foreground, adapter.gem_p) for part in query_parts])
+    train_items = set(train.items())
+    first_photo: dict[str, int] = {}
+    for i, photo in enumerate(shop_photos):
+        if photo.item_id in train_items and cat_info["ok"][i]:
+            first_photo.setdefault(photo.item_id, i)
+    c_items = np.array(sorted(first_photo))
+    c_rows = np.array([first_photo[i] for i in c_items], np.int64)
+    q_ok = view_info["ok"]
+    q_items = np.array([r.photo.item_id for r in v_rows])[q_ok]
+    projection = fit_projection(q_pooled[q_ok], q_items, cat_pooled[c_rows], c_items, config.dim, config.head,
+                                seed=config.seed)
+    timings["fit_s"] = time.perf_counter() - t0
+
+    adapter = replace(adapter, dim=projection.whitening.projection.shape[0], residual=projection.residuals is not None)
+    embed_config = EmbedderConfig(backbone=config.backbone, preprocessing=prep,
+                                  query_preprocessing=query_prep, adapter=adapter)
+    adapted = _assemble(embed_config, model, foreground, projection)
+    timings["total_s"] = time.perf_counter() - started
+    report = {"data": str(config.data), "format": config.format, "split_csv": str(config.split_csv or ""),
+              "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
+              "views_per_item": config.views if synthesised else None, "skipped": skipped,
+              "projection": projection.validation, "timings": {k: round(v, 1) for k, v in timings.items()}}
+    save_checkpoint(adapted, out, extra_metadata={"adapt": report})
+    out.with_name(out.stem + ".adapt.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log.info("adapted in %.1f min: %s", timings["total_s"] / 60, report["timings"])
+    return out
+
+
+def _read_parts(parts: list[CachePart], keys: list[str]) -> dict[str, np.ndarray]:
+    got = [part.read(keys) for part in parts]
+    return {k: np.concatenate([g[k] for g in got]) for k in keys}
+
+
+def _fit_foreground(cat_part: CachePart, view_parts: list[CachePart], config: AdaptConfig):
+    rng = np.random.default_rng(config.seed)
+    cells, targets = [], []
+    # Views carry most of the signal (street vs garment); shop photos teach white backdrop vs product.
+    budgets = [(part, 0.7 / len(view_parts)) for part in view_parts] + [(cat_part, 0.3)]
+    for part, share in budgets:
+        per_shard = max(1, int(config.max_cells * share) // max(1, part.shards))
+        for shard in range(part.shards):
+            span = part.shard_rows(shard)
+            got = part.read(["maps", "mask_grid", "has_mask", "ok"], np.arange(span.start, span.stop))
+            usable = got["ok"] & got["has_mask"]
+            if not usable.any():
+                continue
+            x, y = sample_cells(got["maps"][usable], got["mask_grid"][usable], per_shard, rng)
+            cells.append(x)
+            targets.append(y)
+    if not cells:
+        raise ValueError("no photo with a known garment mask: cannot fit the foreground head")
+    return fit_foreground(np.concatenate(cells), np.concatenate(targets), hidden=64, seed=config.seed)
+
+
+def _pooled(part: CachePart, foreground, p: float) -> np.ndarray:
+    chunks = []
+    for shard in range(part.shards):
+        span = part.shard_rows(shard)
+        maps = part.read(["maps"], np.arange(span.start, span.stop))["maps"]
+        chunks.append(pool(maps, foreground, p))
+    return np.concatenate(chunks)
+
+
+def _assemble(config: EmbedderConfig, source: Embedder, foreground, projection) -> Embedder:
+    model = Embedder(config)
+    model.backbone.load_state_dict(source.backbone.state_dict())
+    head = model.adapter
+    with torch.no_grad():
+        if foreground is not None:
+            head.foreground.load_state_dict(foreground.state_dict())
+        head.mean.copy_(torch.from_numpy(projection.whitening.mean))
+        head.whitening.copy_(torch.from_numpy(projection.whitening.projection))
+        if projection.residuals is not None:
+            for side, (weight, bias) in projection.residuals.items():
+                head.residuals[side].weight.copy_(torch.from_numpy(weight))
+                head.residuals[side].bias.copy_(torch.from_numpy(bias))
+    return model.eval()
+
+
+__all__ = ["AdaptConfig", "adapt", "catalog_cache", "default_cache_dir"]

@@ -1,0 +1,110 @@
+"""What `adapt` feeds the frozen backbone: catalogue photos and shoppers' views, each with its garment mask.
+
+A row renders to the letterboxed tensor the embedder would see, plus the mask of the product in the
+same frame (the synthesiser knows it exactly for its views; a shop photo's is its non-backdrop
+area; a real shopper's photo has none). Rows that cannot be decoded come back flagged, never raise,
+so one bad file neither kills a DataLoader worker nor shifts the rows after it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .config import Preprocessing
+from .cutout import product_mask
+from .data import Photo
+from .preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor
+from .views import load_photo
+
+VIEW_SEED = 7_000_000  # adaptation's views; evaluation draws its own from another seed
+
+
+@dataclass(frozen=True)
+class Row:
+    photo: Photo
+    synth_seed: int | None = None  # None: the photo itself
+
+
+def catalog_rows(photos: Sequence[Photo]) -> list[Row]:
+    return [Row(p) for p in photos]
+
+
+def view_rows(photos_by_item: dict[str, list[Photo]], view: int) -> list[Row]:
+    """The `view`-th synthesised shopper's view of every item (from its shop photos in turn).
+
+    One list per view index, so that a cache made for K views serves any smaller K and grows to a
+    larger one without encoding the first views again."""
+    return [Row(photos[view % len(photos)], VIEW_SEED + 1000 * index + view)
+            for index, (item, photos) in enumerate(sorted(photos_by_item.items()))]
+
+
+def row_key(row: Row) -> str:
+    """What identifies a row's content in a cache fingerprint."""
+    return f"{row.photo.path}|{row.photo.bbox}|{row.synth_seed}"
+
+
+class RowDataset(Dataset):
+    """Row -> dict(tensor, mask, has_mask, ok, error[, frame, left, top]) at `prep`'s size.
+
+    `keep_frame` also returns the letterboxed uint8 content, from which the query-side crop of a
+    later stage is made exactly as `build_transform` would have made it."""
+
+    def __init__(self, rows: Sequence[Row], prep: Preprocessing, synthesizer=None, keep_frame: bool = False,
+                 shop_masks: bool = True) -> None:
+        if prep.resize != "letterbox":
+            raise ValueError("adapt needs letterbox preprocessing (the garment box is read off the letterbox)")
+        self.rows, self.prep, self.synthesizer = list(rows), prep, synthesizer
+        self.keep_frame, self.shop_masks = keep_frame, shop_masks
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        size = self.prep.input_size
+        row = self.rows[index]
+        try:
+            img, mask = self._render(row)
+            content, left, top = letterbox_content(img, size)
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            return self._failed(f"{row.photo.path}: {exc}")
+        canvas = np.zeros((size, size), np.uint8)
+        if mask is not None:
+            canvas[top:top + content.height, left:left + content.width] = np.asarray(
+                mask.resize(content.size, Image.BILINEAR))
+        pixels = np.asarray(content, np.uint8)
+        out = {"tensor": letterbox_tensor(pixels, left, top, self.prep), "mask": torch.from_numpy(canvas),
+               "has_mask": mask is not None, "ok": True, "error": ""}
+        if self.keep_frame:
+            frame = np.zeros((size, size, 3), np.uint8)
+            frame[top:top + content.height, left:left + content.width] = pixels
+            out |= {"frame": torch.from_numpy(frame),
+                    "content": torch.tensor([left, top, content.width, content.height])}
+        return out
+
+    def _render(self, row: Row) -> tuple[Image.Image, Image.Image | None]:
+        img = load_photo(row.photo)
+        if row.synth_seed is not None:
+            return self.synthesizer.compose(img, random.Random(row.synth_seed))
+        if row.photo.domain == "shop" and self.shop_masks:
+            return img, product_mask(img) or Image.new("L", img.size, 255)
+        return img, None
+
+    def _failed(self, error: str) -> dict:
+        size = self.prep.input_size
+        out = {"tensor": torch.zeros(3, size, size), "mask": torch.zeros(size, size, dtype=torch.uint8),
+               "has_mask": False, "ok": False, "error": error}
+        if self.keep_frame:
+            out |= {"frame": torch.zeros(size, size, 3, dtype=torch.uint8), "content": torch.zeros(4, dtype=torch.long)}
+        return out
+
+
+def frames_to_tensor(frames: np.ndarray, content: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """Cached (B, S, S, 3) letterbox frames -> the (B, 3, S, S) tensors the transform made of them."""
+    return torch.stack([letterbox_tensor(f[t:t + h, x:x + w], x, t, prep)
+                        for f, (x, t, w, h) in zip(frames, content)])

@@ -1,0 +1,273 @@
+"""`python -m model adapt`: whitening as defined, garment boxes, the resumable cache, and the checkpoint
+through `indexer build` and `/search` (the service embeds uploads with the query-side head)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.adapt import AdaptConfig, adapt
+from model.adapted_head import crop_boxes, garment_boxes
+from model.feature_cache import CacheError, CachePart
+from model.whitening import fit_whitening
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small inputs keep every pass cheap; the code paths are the ones a 224 px run takes.
+FAST = dict(input_size=64, query_size=96, views=2, dim=16, batch_size=8, workers=0, progress=False)
+
+
+def _run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "model", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory) -> Path:
+    """A catalogue folder of 16 items (one photo each) on a studio-white backdrop."""
+    from demo.synth import generate_catalog
+
+    csv_path = generate_catalog(tmp_path_factory.mktemp("shop"), n_items=16, photos_per_item=1, size=96, seed=3)
+    return csv_path.parent / "images"
+
+
+@pytest.fixture(scope="module")
+def adapted(shop, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adapted") / "a.safetensors"
+    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=out.parent / "cache", **FAST))
+    return out
+
+
+# --- whitening ----------------------------------------------------------------------------------
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_whitening_makes_the_pairs_difference_covariance_the_identity():
+    rng = np.random.default_rng(0)
+    shops = _unit(rng.normal(size=(4000, 12)) + 3.0)
+    # Views differ from their shop photo mostly along two axes: those are what whitening must shrink.
+    noise = rng.normal(size=(4000, 12)) * np.r_[2.0, 1.5, np.full(10, 0.05)] * 0.1
+    queries = _unit(shops + noise)
+    white = fit_whitening(queries, shops, dim=8, shrinkage=0.0)
+    diff = queries - shops
+    projected_diff = diff @ white.projection.T
+    cov = projected_diff.T @ projected_diff / len(diff)
+    np.testing.assert_allclose(cov, np.eye(8), atol=1e-3)
+    # ... and the kept axes are the catalogue's strongest after whitening, strongest first.
+    spread = (shops - white.mean) @ white.projection.T
+    spread_cov = spread.T @ spread / len(spread)
+    off_diagonal = spread_cov - np.diag(np.diag(spread_cov))
+    assert np.abs(off_diagonal).max() < 1e-3 * np.abs(np.diag(spread_cov)).max()
+    assert np.all(np.diff(np.diag(spread_cov)) <= 1e-9)
+
+
+def test_whitening_finds_items_that_raw_descriptors_confuse():
+    rng = np.random.default_rng(1)
+    identity = rng.normal(size=(500, 4))
+    # Two channels carry identity; ten carry view-dependent clutter far larger than it.
+    shops = np.hstack([identity, rng.normal(size=(500, 10)) * 3])
+    queries = np.hstack([identity + rng.normal(size=(500, 4)) * 0.1, rng.normal(size=(500, 10)) * 3])
+    white = fit_whitening(queries[:400], shops[:400], dim=4, shrinkage=0.01, catalog=shops)
+
+    def top1(q: np.ndarray, g: np.ndarray) -> float:
+        return float((np.argmax(q @ g.T, axis=1) == np.arange(len(q))).mean())
+
+    raw = top1(_unit(queries[400:]), _unit(shops[400:]))
+    learned = top1(white.apply(queries[400:]), white.apply(shops[400:]))
+    assert raw < 0.3 and learned > 0.9, (raw, learned)
+
+
+def test_whitening_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="two pairs"):
+        fit_whitening(np.ones((1, 4)), np.ones((1, 4)), dim=2)
+    with pytest.raises(ValueError, match="dim"):
+        fit_whitening(np.ones((5, 4)), np.ones((5, 4)), dim=9)
+
+
+# --- garment boxes and crops --------------------------------------------------------------------
+
+def test_garment_box_covers_the_confident_cells_with_margin_and_is_square():
+    prob = torch.zeros(1, 1, 10, 10)
+    prob[0, 0, 2:6, 3:5] = 1.0  # rows 2-5, columns 3-4: a tall garment
+    box = garment_boxes(prob, margin=0.1)[0].tolist()
+    x0, y0, x1, y1 = box
+    assert x1 - x0 == pytest.approx(y1 - y0, abs=1e-6)
+    assert y0 < 0.2 + 0.02 and y1 > 0.6 - 0.02  # the garment's rows, inside the box
+    assert x0 < 0.3 and x1 > 0.5
+    assert (x0 + x1) / 2 == pytest.approx(0.4, abs=0.05) and (y0 + y1) / 2 == pytest.approx(0.4, abs=0.05)
+    assert y1 - y0 == pytest.approx(0.4 * 1.2, abs=0.08)
+
+
+def test_no_garment_found_means_the_whole_frame():
+    assert garment_boxes(torch.zeros(2, 1, 7, 7), margin=0.1).tolist() == [[0.0, 0.0, 1.0, 1.0]] * 2
+
+
+def test_crop_of_the_whole_frame_is_the_image_and_past_the_edge_is_letterbox_zero():
+    images = torch.rand(1, 3, 32, 32)
+    same = crop_boxes(images, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), 32)
+    torch.testing.assert_close(same, images, atol=1e-5, rtol=0)
+    right_half_out = crop_boxes(images, torch.tensor([[0.5, 0.0, 1.5, 1.0]]), 32)
+    assert right_half_out[..., 17:].abs().max() == 0
+    torch.testing.assert_close(right_half_out[..., :15], images[..., 16:31], atol=0.05, rtol=0)
+
+
+# --- the cache ----------------------------------------------------------------------------------
+
+def test_cache_part_refuses_a_folder_written_for_other_content(tmp_path):
+    part = CachePart(tmp_path, "catalog", {"backbone": "a"}, rows=3, shard_size=2).open()
+    (part.dir / "cache.json").write_text(json.dumps({"backbone": "b"}))
+    with pytest.raises(CacheError, match="other content"):
+        CachePart(tmp_path, "catalog", {"backbone": "a"}, rows=3, shard_size=2).open()
+    other = CachePart(tmp_path, "catalog", {"backbone": "c"}, rows=3, shard_size=2)
+    assert other.dir != part.dir  # another model's cache never shares a folder
+
+
+def test_full_disk_is_a_clear_error_and_leaves_no_half_shard(tmp_path, monkeypatch):
+    part = CachePart(tmp_path, "views", {"x": 1}, rows=4, shard_size=2).open()
+    part.write(0, {"a": np.zeros((2, 3))})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(CacheError, match="full.*resumes"):
+        part.write(1, {"a": np.zeros((2, 3))})
+    assert sorted(p.name for p in part.dir.iterdir()) == ["cache.json", "shard-00000.npz"]
+    assert part.missing() == [1]
+
+
+def test_adapt_resumes_from_the_shards_a_killed_run_wrote(shop, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "a.safetensors"
+    args = ["adapt", "--data", str(shop), "--format", "catalog", "--out", str(out), "--cache", str(cache),
+            "--input-size", "64", "--query-size", "96", "--views", "2", "--dim", "16", "--batch-size", "4",
+            "--workers", "0", "--shard-rows", "4", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "model", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(cache.glob("views-*/shard-00001.npz")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "adapt finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()  # nothing half-written is published
+    written = {p: p.stat().st_mtime_ns for p in cache.glob("*/shard-*.npz")}
+    assert written
+    result = subprocess.run([sys.executable, "-m", "model", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in written.items())  # kept, not redone
+    from model import load_model
+
+    assert load_model(str(out)).model.has_query_head
+
+
+# --- the checkpoint through the indexer and the service ------------------------------------------
+
+def test_adapted_checkpoint_carries_both_sides(adapted):
+    from model import load_model
+
+    loaded = load_model(str(adapted))
+    config = loaded.config
+    assert config.adapter is not None and config.adapter.locate and config.adapter.foreground
+    assert (config.preprocessing.input_size, config.query_prep.input_size) == (64, 96)
+    report = json.loads(adapted.with_name("a.adapt.json").read_text())
+    assert report["catalog_photos"] == 16 and report["views"] == 32 and report["skipped"] == []
+    query, boxes = loaded.model.encode_query(torch.rand(2, 3, 96, 96))
+    assert query.shape == (2, loaded.model.embedding_dim) and boxes.shape == (2, 4)
+    torch.testing.assert_close(query.norm(dim=1), torch.ones(2))
+
+
+def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from indexer.build import BuildOptions, build_index
+    from indexer.layout import MANIFEST, resolve_version_dir
+    from model import load_model
+    from model.preprocessing import build_transform, load_image, load_input_image
+    from service.app import create_app
+    from service.settings import Settings
+
+    index = tmp_path / "idx"
+    build_index(BuildOptions(out=index, images=shop, model_spec=str(adapted), batch_size=8, device="cpu",
+                             workers=0, progress=False))
+    manifest = json.loads((resolve_version_dir(index) / MANIFEST).read_text())
+    assert manifest["query_head"]["locate"] is True
+    assert manifest["query_preprocessing"]["input_size"] == 96 and manifest["preprocessing"]["input_size"] == 64
+
+    loaded = load_model(str(adapted))
+    photo = sorted(shop.iterdir())[0]
+    # a shopper's photo: the shop photo small on a grey street
+    street = Image.new("RGB", (300, 240), (90, 95, 100))
+    street.paste(load_image(photo).resize((120, 120)), (150, 60))
+    street_path = tmp_path / "street.jpg"
+    street.save(street_path, quality=92)
+    query_prep, shop_prep = loaded.config.query_prep, loaded.config.preprocessing
+
+    def photo_tensor(path: Path, prep):  # as the service and the indexer decode
+        return build_transform(prep)(load_input_image(path, prep))[None]
+
+    with torch.inference_mode():
+        query, _ = loaded.model.encode_query(photo_tensor(street_path, query_prep))
+        catalogue_side = loaded.model(photo_tensor(street_path, shop_prep))
+        vectors = np.stack([loaded.model(photo_tensor(p, shop_prep))[0].numpy() for p in sorted(shop.iterdir())])
+    expected = sorted(vectors @ query[0].numpy(), reverse=True)[:5]
+    not_expected = sorted(vectors @ catalogue_side[0].numpy(), reverse=True)[:5]
+    assert not np.allclose(expected, not_expected, atol=1e-3)
+
+    with TestClient(create_app(Settings(index=index, device="cpu"))) as client:
+        body = client.post("/search?k=5", files={"image": ("street.jpg", street_path.read_bytes())}).json()
+        assert [r["score"] for r in body["results"]] == pytest.approx(expected, abs=1e-4)
+        x0, y0, x1, y1 = body["region"]
+        assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 240
+        boxed = client.post("/search?k=5&box=100,20,300,220",
+                            files={"image": ("street.jpg", street_path.read_bytes())}).json()
+        bx0, by0, bx1, by1 = boxed["region"]
+        assert 100 <= bx0 < bx1 <= 300 and 20 <= by0 < by1 <= 220  # inside the user's region
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = str(tmp_path / "a.safetensors")
+    cases = [
+        (["--data", str(empty), "--format", "catalog", "--out", out], "no photos"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--views", "0"], "--views"),
+        (["--data", str(shop), "--format", "catalog", "--out", str(tmp_path / "a.pt")], ".safetensors"),
+        (["--data", str(shop), "--format", "catalog", "--out", str(tmp_path / "no" / "a.safetensors")],
+         "does not exist"),
+    ]
+    for args, words in cases:
+        result = _run_cli("adapt", *args, "--cache", str(tmp_path / "cache"))
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr, (args, result.stderr)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_unreadable_photos_are_skipped_and_listed(shop, tmp_path):
+    import shutil
+
+    folder = tmp_path / "shop"
+    shutil.copytree(shop, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "a.safetensors"
+    adapt(AdaptConfig(data=folder, format="catalog", out=out, cache=tmp_path / "cache", **FAST | {"views": 1}))
+    report = json.loads(out.with_name("a.adapt.json").read_text())
+    assert len(report["skipped"]) >= 1 and all("broken.jpg" in line for line in report["skipped"])
+    assert report["train_items"] == 16
