@@ -50,6 +50,10 @@ def make_parser() -> argparse.ArgumentParser:
                        help="FAISS index factory string, or auto (default): exact search (Flat) while it is fast, "
                             "IVF with ~4*sqrt(N) lists and nprobe 16 for larger catalogues; with --store milvus: "
                             "Flat, HNSW<M>, IVF<n>,Flat, IVF<n>,SQ8 or IVF<n>,PQ<m> (the Milvus index of that kind)")
+    build.add_argument("--features", default="auto",
+                       help="backbone feature maps already on disk: auto (default: the cache `python -m model adapt` "
+                            "filled for this checkpoint, if any), off, or a cache folder; photos it does not hold "
+                            "exactly (path, bytes, backbone, preprocessing) are encoded as usual")
     _add_store_options(build, building=True)
     _add_encoding_options(build)
 
@@ -145,7 +149,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         compile_backend=args.compile_backend, jpeg_decode=args.jpeg_decode,
         decode_priority=args.decode_priority, engine="ray" if args.ray_address else args.engine,
         ray_address=args.ray_address, ray_actors=args.ray_actors,
-        workers=args.workers, progress=not args.quiet,
+        workers=args.workers, progress=not args.quiet, features=args.features,
     ))
     from .store import read_manifest
 

@@ -20,6 +20,7 @@ from .encode import EncodeResult, EncodingOptions
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .index_choice import AUTO
 from .layout import MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
+from .feature_reuse import encode_from_cached_maps, feature_cache_for
 from .store import INDEX_FORMAT, ImageRow, cross_item_duplicates, format_version_for, write_manifest, write_metadata
 from .vector_store import (StoreConfig, build_store, categories_of, check_index_request, check_reachable,
                            index_choice_for, release_folder_store)
@@ -35,6 +36,9 @@ class BuildOptions(EncodingOptions):
     model_spec: str = DEFAULT_MODEL_SPEC
     index_factory: str = AUTO
     store: StoreConfig = field(default_factory=StoreConfig)
+    # Backbone maps already on disk: "auto" (the adapt cache an adapted checkpoint names), "off", or
+    # a cache folder (see feature_reuse); photos the cache does not hold exactly are encoded.
+    features: str = "auto"
 
 
 def read_catalog(options: BuildOptions) -> list[CatalogEntry]:
@@ -55,7 +59,10 @@ def build_index(options: BuildOptions) -> Path:
     out = Path(options.out)
     retire = functools.partial(release_folder_store, override=options.store)
     with writer_lock(out, retire), staged_version(out, retire) as staging:
-        encoded = options.encode([e.path for e in entries], loaded, device)
+        paths = [e.path for e in entries]
+        cache = feature_cache_for(loaded, options.features)
+        encoded = (encode_from_cached_maps(paths, loaded, cache) if cache is not None and paths else None) \
+            or options.encode(paths, loaded, device)
         skipped = skipped_photos(entries, encoded)
         require_some_usable(len(entries), len(encoded.ok_indices), skipped)
         _write_version(staging, options, entries, encoded, loaded, device, skipped, started)

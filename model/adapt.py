@@ -88,13 +88,25 @@ def _rows_hash(rows) -> str:
     return digest.hexdigest()
 
 
+def _catalog_fingerprint(backbone: str, backbone_sum: str, prep: Preprocessing, rows) -> dict:
+    return {"backbone": backbone, "backbone_sha256": backbone_sum, "prep": prep.to_dict(), "rows": _rows_hash(rows)}
+
+
 def catalog_cache(cache_root: Path, backbone: str, backbone_sum: str, prep: Preprocessing,
                   shop_photos: list[Photo], shard_rows: int = 256) -> CachePart:
     """The cache part of these shop photos' feature maps (every split: it is features, not training)."""
     rows = catalog_rows(shop_photos)
-    fingerprint = {"backbone": backbone, "backbone_sha256": backbone_sum, "prep": prep.to_dict(),
-                   "rows": _rows_hash(rows)}
+    fingerprint = _catalog_fingerprint(backbone, backbone_sum, prep, rows)
     return CachePart(Path(cache_root), "catalog", fingerprint, len(rows), shard_rows).open()
+
+
+def find_catalog_maps(cache_root: Path, model: Embedder, paths: list[Path]) -> CachePart | None:
+    """The complete cached feature maps of exactly these photos (in this order) under this model's
+    backbone and catalogue preprocessing, or None. Nothing is created."""
+    rows = catalog_rows([Photo(Path(p), "", "shop", "train") for p in paths])
+    fingerprint = _catalog_fingerprint(model.config.backbone, weights_checksum(model.backbone),
+                                       model.config.preprocessing, rows)
+    return CachePart.find(Path(cache_root), "catalog", fingerprint, len(rows))
 
 
 def adapt(config: AdaptConfig) -> Path:
@@ -204,6 +216,7 @@ def adapt(config: AdaptConfig) -> Path:
     adapted = _assemble(embed_config, model, foreground, projection)
     timings["total_s"] = time.perf_counter() - started
     report = {"data": str(config.data), "format": config.format, "split_csv": str(config.split_csv or ""),
+              "cache": str(cache_root.resolve()),
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
               "views_per_item": config.views if synthesised else None, "skipped": skipped,
               "projection": projection.validation, "timings": {k: round(v, 1) for k, v in timings.items()}}
@@ -264,4 +277,4 @@ def _assemble(config: EmbedderConfig, source: Embedder, foreground, projection) 
     return model.eval()
 
 
-__all__ = ["AdaptConfig", "adapt", "catalog_cache", "default_cache_dir"]
+__all__ = ["AdaptConfig", "adapt", "catalog_cache", "default_cache_dir", "find_catalog_maps"]

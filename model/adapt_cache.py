@@ -68,7 +68,7 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
             grid = F.adaptive_avg_pool2d(batch["mask"][:, None].float().to(maps.device) / 255, maps.shape[-2:])[:, 0]
             rows = {"maps": maps.half().cpu().numpy(), "mask_grid": grid.half().cpu().numpy(),
                     "has_mask": np.asarray(batch["has_mask"], bool), "ok": np.asarray(batch["ok"], bool),
-                    "error": np.asarray(batch["error"], dtype=str)}
+                    "error": np.asarray(batch["error"], dtype=str), "sha256": np.asarray(batch["sha256"], dtype=str)}
             if "frame" in batch:
                 rows |= {"frame": batch["frame"].numpy(), "content": batch["content"].numpy()}
             for key, value in rows.items():

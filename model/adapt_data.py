@@ -7,8 +7,11 @@ so one bad file neither kills a DataLoader worker nor shifts the rows after it.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -19,7 +22,7 @@ from torch.utils.data import Dataset
 from .config import Preprocessing
 from .cutout import product_mask
 from .data import Photo
-from .preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor
+from .preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor, load_input_image
 from .views import load_photo
 
 VIEW_SEED = 7_000_000  # adaptation's views; evaluation draws its own from another seed
@@ -69,7 +72,7 @@ class RowDataset(Dataset):
         size = self.prep.input_size
         row = self.rows[index]
         try:
-            img, mask = self._render(row)
+            img, mask, digest = self._render(row)
             content, left, top = letterbox_content(img, size)
         except (ImageDecodeError, OSError, ValueError) as exc:
             return self._failed(f"{row.photo.path}: {exc}")
@@ -79,7 +82,7 @@ class RowDataset(Dataset):
                 mask.resize(content.size, Image.BILINEAR))
         pixels = np.asarray(content, np.uint8)
         out = {"tensor": letterbox_tensor(pixels, left, top, self.prep), "mask": torch.from_numpy(canvas),
-               "has_mask": mask is not None, "ok": True, "error": ""}
+               "has_mask": mask is not None, "ok": True, "error": "", "sha256": digest}
         if self.keep_frame:
             frame = np.zeros((size, size, 3), np.uint8)
             frame[top:top + content.height, left:left + content.width] = pixels
@@ -87,18 +90,27 @@ class RowDataset(Dataset):
                     "content": torch.tensor([left, top, content.width, content.height])}
         return out
 
-    def _render(self, row: Row) -> tuple[Image.Image, Image.Image | None]:
-        img = load_photo(row.photo)
+    def _render(self, row: Row) -> tuple[Image.Image, Image.Image | None, str]:
+        """(photo, garment mask or None, sha256 of the file when the photo is used as it is)."""
         if row.synth_seed is not None:
-            return self.synthesizer.compose(img, random.Random(row.synth_seed))
+            return *self.synthesizer.compose(load_photo(row.photo), random.Random(row.synth_seed)), ""
+        digest = ""
+        if row.photo.bbox is None:
+            # A photo used as it is decodes exactly as the indexer and the service decode it, and
+            # its hash lets the indexer reuse the cached map only for the file it was made from.
+            data = Path(row.photo.path).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            img = load_input_image(io.BytesIO(data), self.prep)
+        else:
+            img = load_photo(row.photo)
         if row.photo.domain == "shop" and self.shop_masks:
-            return img, product_mask(img) or Image.new("L", img.size, 255)
-        return img, None
+            return img, product_mask(img) or Image.new("L", img.size, 255), digest
+        return img, None, digest
 
     def _failed(self, error: str) -> dict:
         size = self.prep.input_size
         out = {"tensor": torch.zeros(3, size, size), "mask": torch.zeros(size, size, dtype=torch.uint8),
-               "has_mask": False, "ok": False, "error": error}
+               "has_mask": False, "ok": False, "error": error, "sha256": ""}
         if self.keep_frame:
             out |= {"frame": torch.zeros(size, size, 3, dtype=torch.uint8), "content": torch.zeros(4, dtype=torch.long)}
         return out

@@ -34,6 +34,10 @@ class BackboneSpec:
     preprocessing: Preprocessing
     build: Callable[[], nn.Module]
     load_pretrained: Callable[[nn.Module], None]
+    # Query-side input size of the zero-shot model, measured (README, "Adapt to your catalogue"):
+    # a shopper's garment fills less of the photo than a shop photo's, so the query is seen larger.
+    # None: queries are preprocessed like the catalogue.
+    query_input_size: int | None = None
 
 
 class EfficientNetLiteFeatures(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ class LoadedModel:
     # sha256 over the weights themselves, so an index can tell whether a model is the one it was
     # built with regardless of file names, paths or how the weights were obtained.
     checksum: str
+    extra: dict = field(default_factory=dict)  # a checkpoint's extra metadata (adapt's report)
 
     @property
     def config(self) -> EmbedderConfig:
@@ -145,18 +146,29 @@ def build_from_backbone(name: str, weights: str = "imagenet", **overrides) -> Em
 def load_model(spec: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load the embedder a spec names, in eval mode, on `device`."""
     kind, arg = parse_spec(spec)
+    extra: dict = {}
     if kind == "checkpoint":
         model = load_checkpoint(arg)
         spec = str(Path(arg).resolve())
+        try:
+            extra = json.loads(_read_metadata(Path(arg)).get("extra", "{}"))
+        except json.JSONDecodeError:
+            extra = {}
     else:
         model = build_from_backbone(kind, arg)
+        query_size = get_backbone(kind).query_input_size
+        if query_size and arg != "none":
+            # Only the zero-shot model's query side changes: the weights (and so the checksum an
+            # index records) stay those of the backbone.
+            prep = model.config.preprocessing
+            model.config = replace(model.config, query_preprocessing=replace(prep, input_size=query_size))
         if arg not in ("imagenet", "none"):
             spec = f"{kind}:{Path(arg).resolve()}"
         else:
             spec = f"{kind}:{arg}"
     model.eval()
     checksum = weights_checksum(model)
-    return LoadedModel(model=model.to(device), spec=spec, checksum=checksum)
+    return LoadedModel(model=model.to(device), spec=spec, checksum=checksum, extra=extra)
 
 
 __all__ = [

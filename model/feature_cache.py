@@ -44,6 +44,22 @@ class CachePart:
         self.rows, self.shard_size = rows, shard_size
         self.shards = (rows + shard_size - 1) // shard_size
 
+    @classmethod
+    def find(cls, root: Path, name: str, fingerprint: dict, rows: int) -> "CachePart | None":
+        """A complete part of this content, whatever its shard size, or None; creates nothing."""
+        for meta in sorted(Path(root).glob(f"{name}-*/cache.json")):
+            try:
+                found = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            shard_size = found.get("shard_size")
+            if not isinstance(shard_size, int) or shard_size < 1:
+                continue
+            part = cls(root, name, fingerprint, rows, shard_size)
+            if part.dir == meta.parent and part.complete():
+                return part
+        return None
+
     def open(self) -> "CachePart":
         """Create the folder (or check the one there): refuses a folder written for other content."""
         meta = self.dir / "cache.json"

@@ -73,10 +73,12 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePla
     return embeddings.float().cpu().numpy()
 
 
-def embed_query_batch(model: torch.nn.Module, images: torch.Tensor,
-                      plan: InferencePlan) -> tuple[np.ndarray, np.ndarray | None]:
+def embed_query_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePlan,
+                      flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Shoppers' photos (B, 3, H, W) at the query preprocessing -> ((B, D) unit vectors, (B, 4) garment
-    boxes in frame units, or None when the model embeds the whole photo)."""
+    boxes in frame units, or None when the model embeds the whole photo).
+
+    `flip`: test-time augmentation, the mean of the photo's and its mirror image's embeddings."""
     images = images.to(plan.device, non_blocking=True)
     if plan.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -84,4 +86,7 @@ def embed_query_batch(model: torch.nn.Module, images: torch.Tensor,
     with torch.inference_mode(), torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16,
                                                 enabled=plan.bf16):
         embeddings, boxes = net.encode_query(images)
+        if flip:
+            mirrored, _ = net.encode_query(torch.flip(images, dims=[3]))
+            embeddings = torch.nn.functional.normalize(embeddings.float() + mirrored.float(), dim=1)
     return embeddings.float().cpu().numpy(), (boxes.float().cpu().numpy() if boxes is not None else None)

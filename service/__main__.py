@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-max-size", type=int, help="photos per forward pass at most (env SNAP2SHOP_BATCH_MAX_SIZE, default 16)")
     parser.add_argument("--reload-poll-s", type=float, help="seconds between looks for a new index version; 0: never (default 2)")
     parser.add_argument("--log-format", choices=("json", "text"), help="env SNAP2SHOP_LOG_FORMAT, default json")
+    parser.add_argument("--tta", choices=("none", "flip"),
+                        help="test-time augmentation of uploads (env SNAP2SHOP_TTA, default none)")
     parser.add_argument("--store", choices=("faiss", "milvus"),
                         help="check the index's vector store is this one (env SNAP2SHOP_STORE; the manifest names it)")
     parser.add_argument("--milvus-uri", help="where the index's Milvus is reached from here, if not where the indexer "
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                      max_upload_bytes=args.max_upload_bytes, max_in_flight=args.max_in_flight,
                                      batch_max_size=args.batch_max_size, reload_poll_s=args.reload_poll_s,
                                      log_format=args.log_format, store=args.store, milvus_uri=args.milvus_uri,
-                                     collection=args.collection)
+                                     collection=args.collection, tta=args.tta)
     except ValueError as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ from model.preprocessing import Box, crop_to_box, fit_inside_size, load_input_im
 log = logging.getLogger("snap2shop.service")
 
 
+# Test-time augmentation of uploads: "flip" also embeds the mirrored photo and averages the two.
+TTA_MODES = ("none", "flip")
+
+
 class IncompatibleIndexError(RuntimeError):
     """The index and the model cannot work together; refused at start-up."""
 
@@ -67,9 +71,12 @@ class PhotoEncoder:
     a catalogue built with the same weights reuses it.
     """
 
-    def __init__(self, model: LoadedModel, plan: InferencePlan) -> None:
+    def __init__(self, model: LoadedModel, plan: InferencePlan, tta: str = "none") -> None:
+        if tta not in TTA_MODES:
+            raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")
         self.model = model
         self.plan = plan
+        self.tta = tta
         self.net = prepare_model(model.model, plan)
         self.preprocessing = model.config.preprocessing          # the catalogue's
         self.query_preprocessing = model.config.query_prep
@@ -107,7 +114,7 @@ class PhotoEncoder:
 
     def embed_queries(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
         """(B, 3, H, W) query tensors -> ((B, D) unit vectors, (B, 4) garment boxes in frame units or None)."""
-        return embed_query_batch(self.net, batch, self.plan)
+        return embed_query_batch(self.net, batch, self.plan, flip=self.tta == "flip")
 
 
 class SearchEngine:
@@ -123,13 +130,14 @@ class SearchEngine:
     @classmethod
     def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
              precision: str = "auto", index_device: str = "auto",
-             reuse: PhotoEncoder | None = None, store: StoreConfig | None = None) -> "SearchEngine":
+             reuse: PhotoEncoder | None = None, store: StoreConfig | None = None,
+             tta: str = "none") -> "SearchEngine":
         """Open the live index version with its model; `reuse` an already loaded embedder when it
         holds the weights the index was built with (a hot reload of the same model). `store` says
         where the index's Milvus store is reached when not where the indexer reached it."""
         opened = open_index(index_dir, store, index_device)
         manifest = opened.manifest
-        if reuse is not None and reuse.checksum == manifest["model"]["checksum"]:
+        if reuse is not None and reuse.checksum == manifest["model"]["checksum"] and reuse.tta == tta:
             embedder = reuse
         elif reuse is not None and model_spec:
             raise IncompatibleIndexError(
@@ -138,7 +146,7 @@ class SearchEngine:
             )
         else:
             plan = reuse.plan if reuse is not None else plan_inference(resolve_device(device), precision)
-            embedder = PhotoEncoder(load_model(model_spec or manifest["model"]["spec"]), plan)
+            embedder = PhotoEncoder(load_model(model_spec or manifest["model"]["spec"]), plan, tta)
         try:
             check_compatible(opened, embedder.model)
         except IncompatibleIndexError:
@@ -153,7 +161,7 @@ class SearchEngine:
     @classmethod
     def from_settings(cls, settings, reuse: PhotoEncoder | None = None) -> "SearchEngine":
         return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device,
-                        reuse=reuse, store=settings.store_override())
+                        reuse=reuse, store=settings.store_override(), tta=settings.tta)
 
     @property
     def version(self) -> str:

@@ -271,3 +271,44 @@ def test_unreadable_photos_are_skipped_and_listed(shop, tmp_path):
     report = json.loads(out.with_name("a.adapt.json").read_text())
     assert len(report["skipped"]) >= 1 and all("broken.jpg" in line for line in report["skipped"])
     assert report["train_items"] == 16
+
+
+# --- re-indexing from the cached feature maps ------------------------------------------------------
+
+def _index_vectors(index: Path) -> tuple[np.ndarray, dict]:
+    from indexer.store import open_index
+
+    opened = open_index(index)
+    try:
+        return opened.store.vectors(np.arange(opened.store.count())), opened.manifest
+    finally:
+        opened.close()
+
+
+def test_indexing_an_adapted_model_reuses_its_cached_maps(shop, tmp_path):
+    import shutil
+
+    from indexer.build import BuildOptions, build_index
+
+    images = tmp_path / "shop"
+    shutil.copytree(shop, images)
+    model = tmp_path / "a.safetensors"
+    adapt(AdaptConfig(data=images, format="catalog", out=model, cache=tmp_path / "cache", **FAST | {"views": 1}))
+
+    def build(name: str, features: str) -> tuple[np.ndarray, dict]:
+        build_index(BuildOptions(out=tmp_path / name, images=images, model_spec=str(model), batch_size=8,
+                                 device="cpu", workers=0, progress=False, features=features))
+        return _index_vectors(tmp_path / name)
+
+    reused, manifest = build("reused", "auto")
+    encoded, plain = build("encoded", "off")
+    assert "reused_features" in manifest["timings"] and "reused_features" not in plain["timings"]
+    # The cache keeps maps in float16: the same vectors up to that rounding.
+    assert np.abs(reused - encoded).max() < 2e-3
+    assert np.min(np.sum(reused * encoded, axis=1)) > 0.9999
+
+    # A photo that changed since it was cached must not get its old map: the build encodes.
+    victim = sorted(images.iterdir())[0]
+    victim.write_bytes(sorted(images.iterdir())[1].read_bytes())
+    _, manifest = build("changed", "auto")
+    assert "reused_features" not in manifest["timings"]

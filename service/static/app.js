@@ -5,7 +5,9 @@
 const $ = (id) => document.getElementById(id);
 const MIN_BOX = 8; // pixels of the photo; the server refuses smaller regions
 
-const state = { file: null, box: null, controller: null };
+// box: the region the user chose; found: where the model found the garment (drawn until the user
+// picks a region of their own, and the starting point when they adjust it with the keyboard).
+const state = { file: null, box: null, found: null, controller: null };
 
 function naturalSize() {
   const img = $("query-image");
@@ -25,9 +27,12 @@ function toPhoto(clientX, clientY) {
 function drawBox() {
   const el = $("box");
   $("clear-box-button").disabled = !state.box;
-  if (!state.box) { el.hidden = true; return; }
+  const b = state.box || state.found;
+  el.classList.toggle("found", !state.box && !!state.found);
+  el.title = state.box ? "" : "Where the garment was found: drag or use the arrow keys to adjust";
+  if (!b) { el.hidden = true; return; }
   const { w, h } = naturalSize();
-  const b = state.box;
+  if (!w) { el.hidden = true; return; }
   Object.assign(el.style, {
     left: `${(b.x0 / w) * 100}%`, top: `${(b.y0 / h) * 100}%`,
     width: `${((b.x1 - b.x0) / w) * 100}%`, height: `${((b.y1 - b.y0) / h) * 100}%`,
@@ -121,7 +126,12 @@ async function search() {
       return;
     }
     renderResults(body.results);
-    const where = state.box ? "selected region" : "whole photo";
+    if (!state.box) {
+      const r = body.region;
+      state.found = r ? { x0: r[0], y0: r[1], x1: r[2], y1: r[3] } : null;
+      drawBox();
+    }
+    const where = state.box ? "selected region" : (state.found ? "garment found in the photo" : "whole photo");
     setStatus(body.results.length
       ? `${body.results.length} items for the ${where} in ${Math.round(body.took_ms)} ms`
       : "No items match.");
@@ -138,6 +148,7 @@ function useFile(file) {
   if (!file) return;
   state.file = file;
   state.box = null;
+  state.found = null;
   const img = $("query-image");
   if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
   img.dataset.url = URL.createObjectURL(file);
@@ -195,9 +206,9 @@ function wireBoxDrawing() {
     const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
     if (e.key === "s" || e.key === "S") {
       setBox({ x0: w * 0.2, y0: h * 0.2, x1: w * 0.8, y1: h * 0.8 });
-    } else if (e.key in moves && state.box) {
+    } else if (e.key in moves && (state.box || state.found)) {
       const [dx, dy] = moves[e.key];
-      const b = state.box;
+      const b = state.box || state.found;
       if (e.shiftKey) setBox({ ...b, x1: b.x1 + dx, y1: b.y1 + dy });
       else {
         const cx = Math.min(Math.max(dx, -b.x0), w - b.x1), cy = Math.min(Math.max(dy, -b.y0), h - b.y1);
