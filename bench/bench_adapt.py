@@ -75,9 +75,9 @@ def make_queries(test_photos, recipe_name: str, limit: int):
 
 
 def embed_queries(loaded, images, flip: bool = False, batch_size: int = 16):
+    """The service's query embeddings of PIL images ((N, D), or (N, S, D) for a multi-scale model)."""
     import numpy as np
     import torch
-    from PIL import ImageOps
 
     from model.inference import embed_query_batch, plan_inference
     from model.preprocessing import build_transform
@@ -86,14 +86,8 @@ def embed_queries(loaded, images, flip: bool = False, batch_size: int = 16):
     transform = build_transform(loaded.config.query_prep)
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        vectors, _ = embed_query_batch(loaded.model, torch.stack([transform(i) for i in chunk]), plan)
-        if flip:
-            mirrored, _ = embed_query_batch(loaded.model, torch.stack([transform(ImageOps.mirror(i)) for i in chunk]),
-                                            plan)
-            vectors = vectors + mirrored
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        out.append(vectors)
+        batch = torch.stack([transform(i) for i in images[start:start + batch_size]])
+        out.append(embed_query_batch(loaded.model, batch, plan, flip=flip)[0])
     return np.concatenate(out)
 
 
@@ -136,6 +130,9 @@ def main() -> int:
     import numpy as np
 
     from model import build_from_backbone, load_model
+    from model.cpu_runtime import keep_freed_memory
+
+    keep_freed_memory()  # as the service does: per-query times are the service's
     from model.adapt import AdaptConfig, adapt, catalog_cache
     from model.checkpoint import LoadedModel, weights_checksum
     from model.data import read_data
@@ -178,12 +175,14 @@ def main() -> int:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: {time.perf_counter() - started:.0f}s", flush=True)
 
+    for spec in args.model:
+        score(spec, load_model(spec), {})
+
     for size in [int(s) for s in args.zero_shot_sizes.split(",") if s]:
-        model = build_from_backbone("efficientnet-lite0", pooling=args.zero_shot_pooling)
-        model = model.__class__(replace(model.config, query_preprocessing=replace(model.config.preprocessing,
-                                                                                   input_size=size)))
-        model.load_state_dict(build_from_backbone("efficientnet-lite0", pooling=args.zero_shot_pooling).state_dict())
-        score(f"zero-shot {args.zero_shot_pooling}", LoadedModel(model.eval(), "zero-shot", ""), {})
+        model = build_from_backbone("efficientnet-lite0", pooling=args.zero_shot_pooling).eval()
+        # 224 is the catalogue's size: one scale; any other query size adds it (best of both scales)
+        model.config = replace(model.config, query_preprocessing=replace(model.config.preprocessing, input_size=size))
+        score(f"zero-shot {args.zero_shot_pooling}", LoadedModel(model, "zero-shot", ""), {})
 
     for variant in [v for v in args.variants.split(",") if v]:
         out = args.out.parent / f"adapt-{variant}.safetensors"
@@ -197,8 +196,6 @@ def main() -> int:
                  "head": report["projection"]["head"]}
         score(f"adapt {variant}", load_model(str(out)), extra)
 
-    for spec in args.model:
-        score(spec, load_model(spec), {})
     return 0
 
 

@@ -1,6 +1,7 @@
 """`python -m demo run|generate`: the out-of-the-box demo on a synthetic catalogue.
 
-`run` makes what is missing (catalogue, then index with the default offline model) and serves it.
+`run` makes what is missing (catalogue; a model adapted to it on the CPU with `python -m model adapt`,
+unless --zero-shot; the index) and serves it.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--rebuild", action="store_true", help="regenerate the catalogue and rebuild the index")
+    run.add_argument("--zero-shot", action="store_true",
+                     help="index with the zero-shot ImageNet model instead of one adapted to the catalogue")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
@@ -48,10 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.rebuild or not csv_path.is_file():
         print(f"generating a synthetic catalogue of {args.items} items in {catalog_dir}")
         generate_catalog(catalog_dir, n_items=args.items, photos_per_item=2, size=320, seed=0)
-    if args.rebuild or not (index_dir / "current").exists():
+    model = "efficientnet-lite0"
+    if not args.zero_shot:
+        model = str(args.dir / "adapted.safetensors")
+        if args.rebuild or not Path(model).is_file():
+            from model.__main__ import main as model_main
+
+            print("adapting the model to the catalogue on the CPU (python -m model adapt)")
+            status = model_main(["adapt", "--data", str(csv_path), "--format", "catalog", "--out", model,
+                                 "--cache", str(args.dir / "adapt-cache")])
+            if status:
+                return status
+    if args.rebuild or not (index_dir / "current").exists() or _index_model(index_dir) != Path(model).name:
         from indexer.__main__ import main as indexer_main
 
-        status = indexer_main(["build", "--catalog", str(csv_path), "--out", str(index_dir)])
+        status = indexer_main(["build", "--catalog", str(csv_path), "--out", str(index_dir), "--model", model])
         if status:
             return status
     print(f"\nsearch it:  curl -F image=@{catalog_dir}/images/sku-0001_0.jpg "
@@ -61,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     # A person watches the demo in a terminal: readable log lines rather than the JSON ones for collectors.
     return service_main(["--index", str(index_dir), "--host", args.host, "--port", str(args.port),
                          "--log-format", "text"])
+
+
+def _index_model(index_dir: Path) -> str:
+    """The file name of the model the live index was built with ('' when unreadable)."""
+    import json
+
+    try:
+        manifest = json.loads((index_dir / "current" / "manifest.json").read_text(encoding="utf-8"))
+        return Path(manifest["model"]["spec"].split(":")[0]).name
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 if __name__ == "__main__":

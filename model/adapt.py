@@ -22,7 +22,7 @@ import torch
 from .adapt_cache import encode_crops, encode_rows
 from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
 from .adapt_fit import fit_foreground, fit_projection, pool, sample_cells
-from .adapted_head import garment_boxes
+from .adapted_head import BOX_RULE, garment_boxes
 from .checkpoint import build_from_backbone, save_checkpoint, weights_checksum
 from .config import AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
@@ -186,7 +186,7 @@ def adapt(config: AdaptConfig) -> Path:
 
         query_parts = []
         for part in view_parts:
-            crop_part = CachePart(cache_root, "crops", {"views": part.dir.name, "foreground": fg_sum,
+            crop_part = CachePart(cache_root, "crops", {"views": part.dir.name, "foreground": fg_sum, "box_rule": BOX_RULE,
                                                         "margin": config.crop_margin, "prep": prep.to_dict()},
                                   part.rows, config.shard_rows).open()
             encode_crops(crop_part, part, locate, backbone, plan, query_prep, prep.input_size,

@@ -100,7 +100,7 @@ def top1(queries: np.ndarray, query_items: np.ndarray, gallery: np.ndarray, gall
 
 def _train_residuals(whitening: Whitening, q_pooled: np.ndarray, q_index: np.ndarray, c_pooled: np.ndarray,
                      epochs: int, val: tuple | None, seed: int, temperature: float = 0.05,
-                     batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 1e-3):
+                     batch_size: int = 1024, lr: float = 1e-3, weight_decay: float = 1e-2):
     """InfoNCE of each query against every catalogue row: (residual state, best epoch, val curve)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -142,7 +142,7 @@ def _train_residuals(whitening: Whitening, q_pooled: np.ndarray, q_index: np.nda
 
 
 def fit_projection(q_pooled: np.ndarray, q_items: np.ndarray, c_pooled: np.ndarray, c_items: np.ndarray,
-                   dim: int, head: str = "auto", shrinkage: float = 0.1, epochs: int = 40,
+                   dim: int, head: str = "auto", shrinkage: float = 0.1, epochs: int = 12,
                    val_share: float = 0.1, seed: int = 0) -> Projection:
     """Whitening (and residual heads) from query descriptors and one catalogue descriptor per item.
 

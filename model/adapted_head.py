@@ -16,8 +16,12 @@ _EPS = 1e-6
 # Share of the foreground mass left out on each side when a box is read off a probability map:
 # a stray confident cell in the street must not stretch the box to the frame's edge.
 _BOX_TAIL = 0.03
-_MIN_BOX_SIDE = 0.15          # of the frame; a smaller garment box is taken as "not found"
-_MIN_FOREGROUND_MASS = 0.02   # of the cells; below it there is no garment to crop to
+# Cells count towards the box from this share of the most confident cell's probability: a small
+# garment covers no cell wholly, so an absolute threshold (0.5) would find none.
+_RELATIVE_THRESHOLD = 0.5
+_MIN_PEAK = 0.15              # below it, no garment was found: the whole frame is used
+_MIN_BOX_SIDE = 0.06          # of the frame; a smaller box is taken as "not found"
+BOX_RULE = 2                  # bumped when the rule changes: cached crops made by another rule are not reused
 
 
 class ForegroundHead(nn.Module):
@@ -44,14 +48,15 @@ def weighted_gem(fmap: torch.Tensor, weights: torch.Tensor | None, p: float) -> 
 def garment_boxes(prob: torch.Tensor, margin: float) -> torch.Tensor:
     """(B, 1, h, w) garment probabilities -> (B, 4) square boxes x0, y0, x1, y1 in frame units (0..1).
 
-    The box spans the central 1 - 2 * _BOX_TAIL of the confident foreground mass on each axis,
+    The box spans the central 1 - 2 * _BOX_TAIL of the foreground mass (cells at least half as
+    confident as the most confident one) on each axis,
     grows by `margin` of its longer side on every side and is made square around its centre, as a
     letterboxed shop photo frames its product. Where no garment is found the whole frame is returned.
     """
     batch = prob.shape[0]
     up = F.interpolate(prob.float(), scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
-    mass = (up - 0.5).clamp(min=0)
-    weak = mass.flatten(1).sum(1) < _MIN_FOREGROUND_MASS * 0.5 * mass[0].numel()
+    peak = up.flatten(1).amax(1)
+    mass = (up - _RELATIVE_THRESHOLD * peak[:, None, None]).clamp(min=0)
     boxes = []
     for axis in (2, 1):  # x from the column sums, y from the row sums
         profile = mass.sum(dim=3 - axis) + _EPS
@@ -65,7 +70,7 @@ def garment_boxes(prob: torch.Tensor, margin: float) -> torch.Tensor:
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     out = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
     whole = torch.tensor([0.0, 0.0, 1.0, 1.0], device=prob.device).expand(batch, 4)
-    lost = weak | (torch.maximum(x1 - x0, y1 - y0) < _MIN_BOX_SIDE)
+    lost = (peak < _MIN_PEAK) | (torch.maximum(x1 - x0, y1 - y0) < _MIN_BOX_SIDE)
     return torch.where(lost[:, None], whole, out)
 
 

@@ -155,13 +155,15 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> LoadedModel:
         except json.JSONDecodeError:
             extra = {}
     else:
-        model = build_from_backbone(kind, arg)
-        query_size = get_backbone(kind).query_input_size
-        if query_size and arg != "none":
-            # Only the zero-shot model's query side changes: the weights (and so the checksum an
-            # index records) stay those of the backbone.
-            prep = model.config.preprocessing
-            model.config = replace(model.config, query_preprocessing=replace(prep, input_size=query_size))
+        backbone = get_backbone(kind)
+        if arg == "none":  # random weights: nothing was measured, keep the plain design
+            model = build_from_backbone(kind, arg)
+        else:
+            model = build_from_backbone(kind, arg, pooling=backbone.zero_shot_pooling)
+            if backbone.query_input_size:
+                prep = model.config.preprocessing
+                model.config = replace(model.config,
+                                       query_preprocessing=replace(prep, input_size=backbone.query_input_size))
         if arg not in ("imagenet", "none"):
             spec = f"{kind}:{Path(arg).resolve()}"
         else:

@@ -53,11 +53,20 @@ class Embedder(nn.Module):
         return self.adapter is not None
 
     def encode_query(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Shoppers' photos at `config.query_prep` -> ((B, D) unit vectors, (B, 4) garment boxes or None).
+        """Shoppers' photos at `config.query_prep` -> ((B, D) unit vectors, or (B, S, D) for S scales
+        each searched on its own; (B, 4) garment boxes or None).
 
         Boxes are x0, y0, x1, y1 in units of the input frame (0..1), possibly past its edges."""
         if self.adapter is None:
-            return self.forward(images), None
+            size = self.config.preprocessing.input_size
+            if self.config.query_prep.input_size == size:
+                return self.forward(images), None
+            # A head-less model with a query size of its own sees the query at both sizes, and the
+            # search keeps each photo's better score: the larger finds a garment that fills little
+            # of a street photo, the catalogue's own still matches a shop photo uploaded as it is
+            # (letterbox zeros stay zeros under the resize). Measured: README, "Adapt to your catalogue".
+            small = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            return torch.stack([self.forward(images), self.forward(small)], dim=1), None
         fmap = self.backbone(images)
         boxes = None
         if self.adapter.config.locate:

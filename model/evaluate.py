@@ -51,13 +51,16 @@ def build_protocol(data: RetrievalData, split: str = "test", queries_per_item: i
 
 def item_ranks(query_embeddings: np.ndarray, query_items: Sequence[str], gallery_embeddings: np.ndarray,
                gallery_items: Sequence[str]) -> np.ndarray:
-    """0-based rank of each query's true item among distinct gallery items (best photo per item).
+    """0-based rank of each query's true item among distinct gallery items (best photo per item);
+    `query_embeddings` (N, D), or (N, S, D) for queries seen at S scales.
     Ties count against the query, so a model that scores everything equal gets no credit."""
     item_names, item_of_photo = np.unique(np.asarray(gallery_items), return_inverse=True)
     position = {name: i for i, name in enumerate(item_names)}
     ranks = np.empty(len(query_items), dtype=np.int64)
     for start in range(0, len(query_items), 256):
-        scores = query_embeddings[start:start + 256] @ gallery_embeddings.T
+        chunk = query_embeddings[start:start + 256]
+        # (N, S, D): a query at S scales scores each photo by its best scale, as the service does
+        scores = chunk @ gallery_embeddings.T if chunk.ndim == 2 else (chunk @ gallery_embeddings.T).max(1)
         per_item = _max_per_item(scores, item_of_photo, len(item_names))
         for row, item in enumerate(query_items[start:start + 256]):
             true_score = per_item[row, position[item]]
@@ -92,8 +95,8 @@ def evaluate(data: RetrievalData, loaded: LoadedModel, split: str = "test", devi
     plan = plan_inference(resolve_device(device))
     model = prepare_model(loaded.model, plan)
     prep = loaded.config.preprocessing
-    query_embeddings = embed_views(model, plan, protocol.queries, prep, synthesizer, batch_size, workers,
-                                   progress, desc="queries")
+    query_embeddings = embed_views(model, plan, protocol.queries, loaded.config.query_prep, synthesizer, batch_size,
+                                   workers, progress, desc="queries", query=True)
     gallery_embeddings = embed_views(model, plan, protocol.gallery, prep, None, batch_size, workers,
                                      progress, desc="gallery")
     ranks = item_ranks(query_embeddings, protocol.query_items, gallery_embeddings, protocol.gallery_items)

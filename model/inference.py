@@ -75,8 +75,8 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePla
 
 def embed_query_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePlan,
                       flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Shoppers' photos (B, 3, H, W) at the query preprocessing -> ((B, D) unit vectors, (B, 4) garment
-    boxes in frame units, or None when the model embeds the whole photo).
+    """Shoppers' photos (B, 3, H, W) at the query preprocessing -> ((B, D) unit vectors, or (B, S, D) when
+    the model sees a query at S scales; (B, 4) garment boxes in frame units, or None).
 
     `flip`: test-time augmentation, the mean of the photo's and its mirror image's embeddings."""
     images = images.to(plan.device, non_blocking=True)
@@ -88,5 +88,5 @@ def embed_query_batch(model: torch.nn.Module, images: torch.Tensor, plan: Infere
         embeddings, boxes = net.encode_query(images)
         if flip:
             mirrored, _ = net.encode_query(torch.flip(images, dims=[3]))
-            embeddings = torch.nn.functional.normalize(embeddings.float() + mirrored.float(), dim=1)
+            embeddings = torch.nn.functional.normalize(embeddings.float() + mirrored.float(), dim=-1)
     return embeddings.float().cpu().numpy(), (boxes.float().cpu().numpy() if boxes is not None else None)

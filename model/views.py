@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import Preprocessing
 from .data import Photo
-from .inference import InferencePlan, embed_batch
+from .inference import InferencePlan, embed_batch, embed_query_batch
 from .preprocessing import build_transform, load_image
 
 Synthesizer = Callable[[Image.Image, random.Random], Image.Image]
@@ -63,14 +63,17 @@ class ViewDataset(Dataset):
 
 def embed_views(model: torch.nn.Module, plan: InferencePlan, views: Sequence[View], prep: Preprocessing,
                 synthesizer: Synthesizer | None = None, batch_size: int = 64, workers: int = 2,
-                progress: bool = False, desc: str = "embedding") -> np.ndarray:
-    """(len(views), dim) float32 unit vectors, in the order of `views`."""
+                progress: bool = False, desc: str = "embedding", query: bool = False) -> np.ndarray:
+    """(len(views), dim) float32 unit vectors, in the order of `views`; `query`: embedded as shoppers'
+    photos (the model's query side, `prep` should then be its query preprocessing)."""
     from tqdm import tqdm
 
     loader = DataLoader(ViewDataset(views, prep, synthesizer), batch_size=batch_size, num_workers=workers,
                         pin_memory=plan.device.type == "cuda")
     was_training = model.training
     model.eval()
-    chunks = [embed_batch(model, batch, plan) for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress)]
+    embed = (lambda batch: embed_query_batch(model, batch, plan)[0]) if query else (
+        lambda batch: embed_batch(model, batch, plan))
+    chunks = [embed(batch) for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress)]
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)

@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-max-size", type=int, help="photos per forward pass at most (env SNAP2SHOP_BATCH_MAX_SIZE, default 16)")
     parser.add_argument("--reload-poll-s", type=float, help="seconds between looks for a new index version; 0: never (default 2)")
     parser.add_argument("--log-format", choices=("json", "text"), help="env SNAP2SHOP_LOG_FORMAT, default json")
-    parser.add_argument("--tta", choices=("none", "flip"),
-                        help="test-time augmentation of uploads (env SNAP2SHOP_TTA, default none)")
+    parser.add_argument("--tta", choices=("auto", "none", "flip"),
+                        help="test-time augmentation of uploads (env SNAP2SHOP_TTA); auto (default): "
+                             "flip for adapted models, none for the zero-shot one")
     parser.add_argument("--store", choices=("faiss", "milvus"),
                         help="check the index's vector store is this one (env SNAP2SHOP_STORE; the manifest names it)")
     parser.add_argument("--milvus-uri", help="where the index's Milvus is reached from here, if not where the indexer "

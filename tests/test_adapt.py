@@ -108,6 +108,35 @@ def test_garment_box_covers_the_confident_cells_with_margin_and_is_square():
     assert y1 - y0 == pytest.approx(0.4 * 1.2, abs=0.08)
 
 
+def test_a_small_garment_that_fills_no_cell_is_still_found():
+    prob = torch.full((1, 1, 10, 10), 0.05)
+    prob[0, 0, 7, 2] = 0.4  # a quarter-covered cell: no cell is over 0.5
+    x0, y0, x1, y1 = garment_boxes(prob, margin=0.1)[0].tolist()
+    assert x1 - x0 < 0.4 and x0 < 0.25 < x1 and y0 < 0.75 < y1
+
+
+def test_flip_augmentation_averages_the_photo_and_its_mirror():
+    from model.inference import embed_query_batch, plan_inference
+
+    model = _tiny_model().eval()
+    images = torch.rand(2, 3, 64, 64)
+    plan = plan_inference(torch.device("cpu"))
+    plain, _ = embed_query_batch(model, images, plan)
+    mirrored, _ = embed_query_batch(model, torch.flip(images, dims=[3]), plan)
+    both, _ = embed_query_batch(model, images, plan, flip=True)
+    expected = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
+    np.testing.assert_allclose(both, expected, atol=1e-5)
+    assert not np.allclose(both, plain, atol=1e-3)
+
+
+def _tiny_model():
+    from model import build_from_backbone
+
+    from .conftest import TINY_PREP
+
+    return build_from_backbone("resnet18", "none", dim=16, preprocessing=TINY_PREP)
+
+
 def test_no_garment_found_means_the_whole_frame():
     assert garment_boxes(torch.zeros(2, 1, 7, 7), margin=0.1).tolist() == [[0.0, 0.0, 1.0, 1.0]] * 2
 
@@ -221,17 +250,25 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
     def photo_tensor(path: Path, prep):  # as the service and the indexer decode
         return build_transform(prep)(load_input_image(path, prep))[None]
 
+    from model.inference import embed_query_batch, plan_inference
+
+    plan = plan_inference(torch.device("cpu"))
     with torch.inference_mode():
-        query, _ = loaded.model.encode_query(photo_tensor(street_path, query_prep))
+        query, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan)
+        flipped, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan, flip=True)
         catalogue_side = loaded.model(photo_tensor(street_path, shop_prep))
         vectors = np.stack([loaded.model(photo_tensor(p, shop_prep))[0].numpy() for p in sorted(shop.iterdir())])
-    expected = sorted(vectors @ query[0].numpy(), reverse=True)[:5]
+    expected = sorted(vectors @ query[0], reverse=True)[:5]
+    expected_flip = sorted(vectors @ flipped[0], reverse=True)[:5]
     not_expected = sorted(vectors @ catalogue_side[0].numpy(), reverse=True)[:5]
     assert not np.allclose(expected, not_expected, atol=1e-3)
 
-    with TestClient(create_app(Settings(index=index, device="cpu"))) as client:
+    with TestClient(create_app(Settings(index=index, device="cpu", tta="none"))) as client:
         body = client.post("/search?k=5", files={"image": ("street.jpg", street_path.read_bytes())}).json()
         assert [r["score"] for r in body["results"]] == pytest.approx(expected, abs=1e-4)
+    with TestClient(create_app(Settings(index=index, device="cpu"))) as client:  # tta auto: flip, for this model
+        body = client.post("/search?k=5", files={"image": ("street.jpg", street_path.read_bytes())}).json()
+        assert [r["score"] for r in body["results"]] == pytest.approx(expected_flip, abs=1e-4)
         x0, y0, x1, y1 = body["region"]
         assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 240
         boxed = client.post("/search?k=5&box=100,20,300,220",

@@ -484,7 +484,9 @@ def test_efficientnet_lite0_preprocessing_and_head(lite0):
     assert prep.mean == pytest.approx((127 / 255,) * 3) and prep.mean == LITE_MEAN
     assert prep.std == pytest.approx((128 / 255,) * 3) and prep.std == LITE_STD
     assert prep.resize == "letterbox"
-    assert lite0.config.dim is None and lite0.config.pooling == "max"
+    # The zero-shot default as measured best on street-style queries: GeM, and queries also at 384 px.
+    assert lite0.config.dim is None and lite0.config.pooling == "gem"
+    assert lite0.config.query_prep.input_size == 384
     assert lite0.model.embedding_dim == 1280
     assert isinstance(lite0.model.head, torch.nn.Identity)
     assert lite0.spec == "efficientnet-lite0:imagenet"
