@@ -129,7 +129,8 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), embed_ms)
         for i, job in enumerate(batch):
-            result = EmbedResult(vector=vectors[i:i + 1], box=None if boxes is None else boxes[i], queue_ms=(started - job.enqueued) * 1e3,
+            result = EmbedResult(vector=vectors[i:i + 1], box=None if boxes is None else boxes[i],
+                                 queue_ms=(started - job.enqueued) * 1e3,
                                  embed_ms=embed_ms, batch_size=len(batch))
             _settle_threadsafe(job, result, None)
 

@@ -207,3 +207,65 @@ def test_pickers_are_reachable_by_keyboard(page):
     assert focused == "file-input"
     assert page.get_attribute("#camera-input", "capture") == "environment"
     assert page.get_attribute("#file-input", "accept") == "image/*"
+
+
+@pytest.fixture(scope="module")
+def adapted_server(tmp_path_factory):
+    """The service over an index of a model adapted to a small catalogue (its query side finds garments)."""
+    from demo.synth import generate_catalog
+    from indexer.build import BuildOptions, build_index
+    from model.adapt import AdaptConfig, adapt
+
+    work = tmp_path_factory.mktemp("adapted-web")
+    images = generate_catalog(work / "shop", n_items=16, photos_per_item=1, size=96, seed=3).parent / "images"
+    model = work / "a.safetensors"
+    adapt(AdaptConfig(data=images, format="catalog", out=model, cache=work / "cache", input_size=64, query_size=96,
+                      views=1, dim=16, batch_size=8, workers=0, progress=False))
+    build_index(BuildOptions(out=work / "idx", images=images, model_spec=str(model), device="cpu", workers=0,
+                             progress=False))
+    port = free_port()
+    with open(work / "service.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service", "--index", str(work / "idx"), "--port",
+                                    str(port), "--device", "cpu"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail((work / "service.log").read_text())
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    yield base, images
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_the_garment_the_model_found_is_drawn_for_adjusting(browser, adapted_server, tmp_path):
+    from PIL import Image
+
+    base, images = adapted_server
+    street = Image.new("RGB", (300, 240), (90, 95, 100))
+    street.paste(Image.open(sorted(images.iterdir())[0]).convert("RGB").resize((120, 120)), (150, 60))
+    photo = tmp_path / "street.jpg"
+    street.save(photo, quality=92)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(base + "/")
+    _upload(page, photo)
+    box = page.locator("#box")
+    box.wait_for(state="visible")
+    assert "found" in (box.get_attribute("class") or "")
+    assert "garment found" in page.locator("#status").inner_text()
+    # The found region is where adjusting starts: an arrow key turns it into the shopper's own box,
+    # and the next search sends it.
+    page.focus("#box-layer")
+    with page.expect_request(lambda r: "/search" in r.url and "box=" in r.url):
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("Enter")
+    assert "found" not in (box.get_attribute("class") or "")
+    context.close()
+    assert not errors, errors
