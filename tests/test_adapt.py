@@ -343,6 +343,9 @@ def test_indexing_an_adapted_model_reuses_its_cached_maps(shop, tmp_path):
     # The cache keeps maps in float16: the same vectors up to that rounding.
     assert np.abs(reused - encoded).max() < 2e-3
     assert np.min(np.sum(reused * encoded, axis=1)) > 0.9999
+    from indexer.verify import verify_index
+
+    assert verify_index(tmp_path / "reused", deep=True) == []  # the catalogue side re-embeds to the same
 
     # A photo that changed since it was cached must not get its old map: the build encodes.
     victim = sorted(images.iterdir())[0]
