@@ -127,7 +127,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "adapt.json")
     args = parser.parse_args()
 
-    import numpy as np
 
     from model import build_from_backbone, load_model
     from model.cpu_runtime import keep_freed_memory
