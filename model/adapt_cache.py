@@ -20,20 +20,13 @@ from .adapt_data import frames_to_tensor
 from .adapted_head import crop_boxes
 from .config import Preprocessing
 from .feature_cache import CachePart
-from .inference import InferencePlan
+from .inference import InferencePlan, inference_context, on_device
 
 log = logging.getLogger("snap2shop.adapt")
 
-Backbone = Callable[[torch.Tensor], torch.Tensor]
-
-
 def run_backbone(backbone: torch.nn.Module, images: torch.Tensor, plan: InferencePlan) -> torch.Tensor:
-    images = images.to(plan.device, non_blocking=True)
-    if plan.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16,
-                                                enabled=plan.bf16):
-        return backbone(images).float()
+    with inference_context(plan):
+        return backbone(on_device(images, plan)).float()
 
 
 def _collate(items: list[dict]) -> dict:

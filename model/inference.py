@@ -5,6 +5,7 @@ fp32 by default; bf16 can be forced, which is also how the tests exercise the GP
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -62,13 +63,24 @@ def prepare_model(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Modul
     return model
 
 
+def on_device(images: torch.Tensor, plan: InferencePlan) -> torch.Tensor:
+    """A batch moved to the plan's device, in its memory format."""
+    images = images.to(plan.device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if plan.channels_last else images
+
+
+def inference_context(plan: InferencePlan) -> contextlib.ExitStack:
+    """No autograd, and bf16 autocast where the plan says so."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16, enabled=plan.bf16))
+    return stack
+
+
 def embed_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePlan) -> np.ndarray:
     """(B, 3, H, W) normalised images -> (B, D) float32 unit vectors on the CPU."""
-    images = images.to(plan.device, non_blocking=True)
-    if plan.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16,
-                                                enabled=plan.bf16):
+    images = on_device(images, plan)
+    with inference_context(plan):
         embeddings = model(images)
     return embeddings.float().cpu().numpy()
 
@@ -79,12 +91,9 @@ def embed_query_batch(model: torch.nn.Module, images: torch.Tensor, plan: Infere
     the model sees a query at S scales; (B, 4) garment boxes in frame units, or None).
 
     `flip`: test-time augmentation, the mean of the photo's and its mirror image's embeddings."""
-    images = images.to(plan.device, non_blocking=True)
-    if plan.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = on_device(images, plan)
     net = getattr(model, "_orig_mod", model)  # a torch.compile'd model keeps its methods on the original
-    with torch.inference_mode(), torch.autocast(device_type=plan.device.type, dtype=torch.bfloat16,
-                                                enabled=plan.bf16):
+    with inference_context(plan):
         embeddings, boxes = net.encode_query(images)
         if flip:
             mirrored, _ = net.encode_query(torch.flip(images, dims=[3]))
