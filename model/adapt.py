@@ -119,9 +119,7 @@ def adapt(config: AdaptConfig) -> Path:
     train = data.split("train")
     if not train.shop():
         raise ValueError(f"{config.data}: no shop photos of 'train' items to adapt on")
-    synthesised = not train.consumer()
-    if not synthesised and config.format == "catalog":
-        raise ValueError("catalog data has no shoppers' photos")
+    synthesised = not train.consumer()  # catalog data: views are synthesised from the shop photos
 
     model = build_from_backbone(config.backbone, config.weights)
     prep = model.config.preprocessing
@@ -186,9 +184,9 @@ def adapt(config: AdaptConfig) -> Path:
 
         query_parts = []
         for part in view_parts:
-            crop_part = CachePart(cache_root, "crops", {"views": part.dir.name, "foreground": fg_sum, "box_rule": BOX_RULE,
-                                                        "margin": config.crop_margin, "prep": prep.to_dict()},
-                                  part.rows, config.shard_rows).open()
+            fingerprint = {"views": part.dir.name, "foreground": fg_sum, "box_rule": BOX_RULE,
+                           "margin": config.crop_margin, "prep": prep.to_dict()}
+            crop_part = CachePart(cache_root, "crops", fingerprint, part.rows, config.shard_rows).open()
             encode_crops(crop_part, part, locate, backbone, plan, query_prep, prep.input_size,
                          config.batch_size, config.progress)
             query_parts.append(crop_part)

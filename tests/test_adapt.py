@@ -351,3 +351,25 @@ def test_indexing_an_adapted_model_reuses_its_cached_maps(shop, tmp_path):
     victim.write_bytes(sorted(images.iterdir())[1].read_bytes())
     _, manifest = build("changed", "auto")
     assert "reused_features" not in manifest["timings"]
+
+
+def test_real_shopper_photos_of_a_pairs_csv_are_adapted_on(shop, tmp_path):
+    """--format pairs: the consumer photos themselves are the views (no mask: the foreground head
+    learns from the shop photos), and the held-out item never enters the fit."""
+    from PIL import Image
+
+    from model import load_model
+
+    lines = ["consumer_path,shop_path,item_id,split"]
+    for n, photo in enumerate(sorted(shop.iterdir())):
+        street = Image.new("RGB", (160, 130), (60 + n * 5, 90, 110))
+        street.paste(Image.open(photo).convert("RGB").resize((70, 70)), (40 + n, 30))
+        street.save(tmp_path / f"street-{n}.jpg", quality=90)
+        lines.append(f"street-{n}.jpg,{photo},{photo.stem},{'test' if n == 0 else 'train'}")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p.safetensors"
+    adapt(AdaptConfig(data=pairs, format="pairs", out=out, cache=tmp_path / "cache", **FAST))
+    report = json.loads(out.with_name("p.adapt.json").read_text())
+    assert report["views"] == 15 and report["train_items"] == 15 and report["views_per_item"] is None
+    assert load_model(str(out)).model.has_query_head
