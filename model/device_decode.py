@@ -17,16 +17,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .color import has_foreign_profile
 from .config import Preprocessing
 from .preprocessing import MAX_PIXELS, center_crop_region, fit_inside_size, normalising_table
 
 
 def decodable_on_device(data: bytes, max_pixels: int = MAX_PIXELS) -> bool:
     """Whether `data` is a JPEG that decode_jpeg handles as Pillow would: RGB or greyscale, within
-    the pixel limit. Reads the header only."""
+    the pixel limit, with no colour profile other than sRGB (decode_jpeg ignores profiles; Pillow's
+    path converts them, model/color.py). Reads the header only."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return img.format == "JPEG" and img.mode in ("RGB", "L") and img.width * img.height <= max_pixels
+            return (img.format == "JPEG" and img.mode in ("RGB", "L") and img.width * img.height <= max_pixels
+                    and not has_foreign_profile(img))
     except Exception:  # anything Pillow cannot even open is Pillow's to report
         return False
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError, features
 from pillow_heif import register_heif_opener
 
+from .color import to_srgb
 from .config import Preprocessing
 
 # HEIC is what iPhones save by default. Registering here, where every photo is decoded, makes
@@ -56,7 +57,8 @@ class ImageDecodeError(ValueError):
 
 def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = None,
                max_pixels: int = MAX_PIXELS, fit: str = "cover") -> Image.Image:
-    """Decode a photo to an upright 8-bit RGB image; ImageDecodeError for anything else.
+    """Decode a photo to an upright 8-bit sRGB image, its colours converted through its embedded ICC
+    profile (model/color.py); ImageDecodeError for anything else.
 
     Only the first frame of an animated GIF, WebP or PNG (and the first page of a TIFF) is used.
     The pixel count is checked from the header, before any pixel data is decoded.
@@ -87,7 +89,9 @@ def load_image(source: str | Path | bytes | BinaryIO, target_size: int | None = 
                               else fit_inside_size(width, height, target_size))
                 img.load()
                 draft_factor = width / img.size[0]
-                out = _to_rgb(_upright(img))
+                # Colour through the embedded profile first: a CMYK photo's profile, not Pillow's
+                # naive formula, says which RGB its inks make.
+                out = _to_rgb(to_srgb(_upright(img)))
                 # The upright photo's full size, also when JPEG draft decoding made it smaller: what
                 # coordinates sent back to the uploader (a garment region) are measured in.
                 out.info["source_size"] = (round(out.width * draft_factor), round(out.height * draft_factor))
