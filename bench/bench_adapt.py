@@ -3,6 +3,7 @@
     python bench/bench_adapt.py [--data ../shared/data/fashion-products] [--cache DIR] [--queries 600]
         [--model SPEC ...] [--zero-shot-sizes 224,320,384] [--recipes synth,small,harsh,street]
         [--variants default,k1,whiten,no-locate,no-foreground] [--tta] [--out var/bench/adapt.json]
+        [--query-sizes 224,320,384,448] [--crop-from photo,query]
 
 Adaptation trains on fashion-products' `train` items only (split.csv); every figure is measured on
 shopper's views of `test` items searched among all 9,583 catalogue photos (best photo per item).
@@ -14,12 +15,17 @@ for a gain on real photos:
 - harsh:  strong light, blur, noise, heavy JPEG and more occlusion;
 - street: demo.synth.street_view: a crop of the shop photo, tilted and re-lit, no new scene.
 
+`--query-sizes` scores each adapted `--model` and variant again at other query sizes (the size the
+garment is found at; no refit), `--crop-from` with the garment cropped out of the view itself (the
+service's way) or out of the query tensor (how training's crops are made).
+
 Catalogue embeddings are computed from the adapt cache's feature maps when the cache has them
 (the same maps a forward pass would give), so each model costs one pass per query only.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
@@ -74,8 +80,11 @@ def make_queries(test_photos, recipe_name: str, limit: int):
     return images, items
 
 
-def embed_queries(loaded, images, flip: bool = False, batch_size: int = 16):
-    """The service's query embeddings of PIL images ((N, D), or (N, S, D) for a multi-scale model)."""
+def embed_queries(loaded, images, flip: bool = False, batch_size: int = 16, crop_from: str = "photo"):
+    """The service's query embeddings of PIL images ((N, D), or (N, S, D) for a multi-scale model).
+
+    `crop_from`: "photo" crops a located garment out of the view itself, as the service does;
+    "query" out of the query tensor, as training's crops are made."""
     import numpy as np
     import torch
 
@@ -86,9 +95,23 @@ def embed_queries(loaded, images, flip: bool = False, batch_size: int = 16):
     transform = build_transform(loaded.config.query_prep)
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(i) for i in images[start:start + batch_size]])
-        out.append(embed_query_batch(loaded.model, batch, plan, flip=flip)[0])
+        photos = images[start:start + batch_size]
+        batch = torch.stack([transform(i) for i in photos])
+        out.append(embed_query_batch(loaded.model, batch, plan, flip=flip,
+                                     photos=None if crop_from == "query" else photos)[0])
     return np.concatenate(out)
+
+
+def at_query_size(loaded, size: int | None):
+    """The model with its query preprocessing at `size` pixels (None: as trained); weights shared."""
+    from model.checkpoint import LoadedModel
+
+    config = loaded.model.config
+    if size is None or size == config.query_prep.input_size:
+        return loaded
+    model = copy.copy(loaded.model)  # a shallow copy: the same modules, a config of its own
+    model.config = replace(config, query_preprocessing=replace(config.query_prep, input_size=size))
+    return LoadedModel(model, loaded.spec, loaded.checksum, loaded.extra)
 
 
 def catalog_embeddings(loaded, maps_by_size: dict, gallery_photos, workers: int):
@@ -123,6 +146,8 @@ def main() -> int:
     parser.add_argument("--recipes", default="synth,small,harsh,street")
     parser.add_argument("--variants", default="", help=f"adapt variants to train and score: {','.join(VARIANTS)}")
     parser.add_argument("--tta", action="store_true", help="also score flip test-time augmentation")
+    parser.add_argument("--query-sizes", default="", help="adapted models: also score at these query sizes")
+    parser.add_argument("--crop-from", default="photo", help="adapted models: photo, query or both (photo,query)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "adapt.json")
     args = parser.parse_args()
@@ -157,25 +182,31 @@ def main() -> int:
         if part.complete():
             maps_by_size[base.config.preprocessing.input_size] = part.read(["maps"])["maps"]
 
-    def score(name: str, loaded: LoadedModel, extra: dict) -> None:
+    def score(name: str, loaded: LoadedModel, extra: dict, crop_from: str = "photo") -> None:
         started = time.perf_counter()
         cat = catalog_embeddings(loaded, maps_by_size, gallery, args.workers)
         for r in recipes:
             for flip in ((False, True) if args.tta else (False,)):
                 t = time.perf_counter()
-                q = embed_queries(loaded, queries[r][0], flip=flip)
+                q = embed_queries(loaded, queries[r][0], flip=flip, crop_from=crop_from)
                 query_s = time.perf_counter() - t
                 ranks = item_ranks(q, queries[r][1], cat, gallery_items)
                 row = {"model": name, "recipe": r, "tta": "flip" if flip else "none", "queries": len(q),
                        "query_size": loaded.config.query_prep.input_size,
+                       "crop_from": crop_from if loaded.model.locates_garments else None,
                        "ms_per_query": round(query_s / len(q) * 1e3, 1), **top_k(ranks, (1, 5, 10, 20, 50)), **extra}
                 results.append(row)
                 print(json.dumps(row), flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: {time.perf_counter() - started:.0f}s", flush=True)
 
+    def score_query_sides(name: str, loaded: LoadedModel, extra: dict) -> None:
+        for size in [int(v) for v in args.query_sizes.split(",") if v] or [None]:
+            for crop_from in [c for c in args.crop_from.split(",") if c]:
+                score(name, at_query_size(loaded, size), extra, crop_from)
+
     for spec in args.model:
-        score(spec, load_model(spec), {})
+        score_query_sides(spec, load_model(spec), {})
 
     for size in [int(s) for s in args.zero_shot_sizes.split(",") if s]:
         model = build_from_backbone("efficientnet-lite0", pooling=args.zero_shot_pooling).eval()
@@ -193,7 +224,7 @@ def main() -> int:
         extra = {"variant": variant, "adapt_min": round((time.perf_counter() - started) / 60, 1),
                  "stage_s": report["timings"], "val": report["projection"].get("val_whiten"),
                  "head": report["projection"]["head"]}
-        score(f"adapt {variant}", load_model(str(out)), extra)
+        score_query_sides(f"adapt {variant}", load_model(str(out)), extra)
 
     return 0
 

@@ -56,7 +56,9 @@ class Embedder(nn.Module):
         """Shoppers' photos at `config.query_prep` -> ((B, D) unit vectors, or (B, S, D) for S scales
         each searched on its own; (B, 4) garment boxes or None).
 
-        Boxes are x0, y0, x1, y1 in units of the input frame (0..1), possibly past its edges."""
+        Boxes are x0, y0, x1, y1 in units of the input frame (0..1), possibly past its edges. The crop
+        is taken from the input tensor; with the decoded photos at hand, `model.inference.embed_query_batch`
+        crops from the photos instead, which keeps a small garment's detail."""
         if self.adapter is None:
             size = self.config.preprocessing.input_size
             if self.config.query_prep.input_size == size:
@@ -67,11 +69,24 @@ class Embedder(nn.Module):
             # (letterbox zeros stay zeros under the resize). Measured: README, "Adapt to your catalogue".
             small = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             return torch.stack([self.forward(images), self.forward(small)], dim=1), None
+        fmap, boxes = self.locate_garments(images)
+        if boxes is None:
+            return self.adapter.project(self.adapter.pool(fmap), "query"), None
+        crops = crop_boxes(images, boxes, self.config.preprocessing.input_size)
+        return self.embed_query_crops(crops.contiguous(memory_format=torch.channels_last)
+                                      if images.is_contiguous(memory_format=torch.channels_last) else crops), boxes
+
+    @property
+    def locates_garments(self) -> bool:
+        """Whether the query side finds the garment and embeds its crop (adapted, `locate` on)."""
+        return self.adapter is not None and self.adapter.config.locate
+
+    def locate_garments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The query side's first pass: (the queries' feature maps, (B, 4) garment boxes in frame
+        units, or None when this model does not locate)."""
         fmap = self.backbone(images)
-        boxes = None
-        if self.adapter.config.locate:
-            boxes = self.adapter.locate(fmap)
-            crops = crop_boxes(images, boxes, self.config.preprocessing.input_size)
-            fmap = self.backbone(crops.contiguous(memory_format=torch.channels_last)
-                                 if images.is_contiguous(memory_format=torch.channels_last) else crops)
-        return self.adapter.project(self.adapter.pool(fmap), "query"), boxes
+        return fmap, (self.adapter.locate(fmap) if self.locates_garments else None)
+
+    def embed_query_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """The query side's second pass: garment crops at the catalogue's input size -> (B, D) unit vectors."""
+        return self.adapter.project(self.adapter.pool(self.backbone(crops)), "query")

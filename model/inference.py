@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
+
+from .garment_crop import crop_photos
 
 log = logging.getLogger("snap2shop.model")
 
@@ -86,16 +89,36 @@ def embed_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePla
 
 
 def embed_query_batch(model: torch.nn.Module, images: torch.Tensor, plan: InferencePlan,
-                      flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                      flip: bool = False, photos: Sequence | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Shoppers' photos (B, 3, H, W) at the query preprocessing -> ((B, D) unit vectors, or (B, S, D) when
     the model sees a query at S scales; (B, 4) garment boxes in frame units, or None).
 
+    `photos`: the decoded photos (PIL) the tensors were made from. A model that locates the garment
+    then crops it out of the photo rather than out of the smaller query tensor (model/garment_crop).
     `flip`: test-time augmentation, the mean of the photo's and its mirror image's embeddings."""
-    images = on_device(images, plan)
     net = getattr(model, "_orig_mod", model)  # a torch.compile'd model keeps its methods on the original
+    if photos is not None and net.locates_garments:
+        return _embed_photo_crops(net, images, photos, plan, flip)
+    images = on_device(images, plan)
     with inference_context(plan):
         embeddings, boxes = net.encode_query(images)
         if flip:
             mirrored, _ = net.encode_query(torch.flip(images, dims=[3]))
             embeddings = torch.nn.functional.normalize(embeddings.float() + mirrored.float(), dim=-1)
     return embeddings.float().cpu().numpy(), (boxes.float().cpu().numpy() if boxes is not None else None)
+
+
+def _embed_photo_crops(net: torch.nn.Module, images: torch.Tensor, photos: Sequence, plan: InferencePlan,
+                       flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    if len(photos) != len(images):
+        raise ValueError(f"{len(photos)} photos for {len(images)} query tensors")
+    with inference_context(plan):
+        _, boxes = net.locate_garments(on_device(images, plan))
+    boxes = boxes.float().cpu().numpy()
+    crops = on_device(crop_photos(photos, boxes, images.shape[-1], net.config.preprocessing), plan)
+    with inference_context(plan):
+        embeddings = net.embed_query_crops(crops)
+        if flip:  # the mirrored photo's garment is the mirrored crop: no second locate pass
+            mirrored = net.embed_query_crops(torch.flip(crops, dims=[3]))
+            embeddings = torch.nn.functional.normalize(embeddings.float() + mirrored.float(), dim=-1)
+    return embeddings.float().cpu().numpy(), boxes

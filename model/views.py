@@ -49,16 +49,26 @@ def render_view(view: View, synthesizer: Synthesizer | None) -> Image.Image:
 
 
 class ViewDataset(Dataset):
-    def __init__(self, views: Sequence[View], prep: Preprocessing, synthesizer: Synthesizer | None = None) -> None:
+    """Views as input tensors; with `keep_photo`, (tensor, rendered photo) pairs for a query side
+    that crops the garment out of the photo (collate them with `collate_with_photos`)."""
+
+    def __init__(self, views: Sequence[View], prep: Preprocessing, synthesizer: Synthesizer | None = None,
+                 keep_photo: bool = False) -> None:
         self.views = list(views)
         self.transform = build_transform(prep)
         self.synthesizer = synthesizer
+        self.keep_photo = keep_photo
 
     def __len__(self) -> int:
         return len(self.views)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(render_view(self.views[index], self.synthesizer))
+    def __getitem__(self, index: int):
+        img = render_view(self.views[index], self.synthesizer)
+        return (self.transform(img), img) if self.keep_photo else self.transform(img)
+
+
+def collate_with_photos(items: list) -> tuple[torch.Tensor, list[Image.Image]]:
+    return torch.stack([tensor for tensor, _ in items]), [photo for _, photo in items]
 
 
 def embed_views(model: torch.nn.Module, plan: InferencePlan, views: Sequence[View], prep: Preprocessing,
@@ -68,12 +78,22 @@ def embed_views(model: torch.nn.Module, plan: InferencePlan, views: Sequence[Vie
     photos (the model's query side, `prep` should then be its query preprocessing)."""
     from tqdm import tqdm
 
-    loader = DataLoader(ViewDataset(views, prep, synthesizer), batch_size=batch_size, num_workers=workers,
-                        pin_memory=plan.device.type == "cuda")
+    net = getattr(model, "_orig_mod", model)
+    with_photos = query and getattr(net, "locates_garments", False)  # the service's query side: the crop from the photo
+    loader = DataLoader(ViewDataset(views, prep, synthesizer, keep_photo=with_photos), batch_size=batch_size,
+                        num_workers=workers, pin_memory=plan.device.type == "cuda",
+                        collate_fn=collate_with_photos if with_photos else None)
     was_training = model.training
     model.eval()
-    embed = (lambda batch: embed_query_batch(model, batch, plan)[0]) if query else (
-        lambda batch: embed_batch(model, batch, plan))
+    if with_photos:
+        def embed(batch):
+            return embed_query_batch(model, batch[0], plan, photos=batch[1])[0]
+    elif query:
+        def embed(batch):
+            return embed_query_batch(model, batch, plan)[0]
+    else:
+        def embed(batch):
+            return embed_batch(model, batch, plan)
     chunks = [embed(batch) for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress)]
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
