@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from model import DEFAULT_MODEL_SPEC
+from model.batch_size import batch_size_arg
 
 
 def _positive_int(text: str) -> int:
@@ -115,7 +116,9 @@ def _store_override(args: argparse.Namespace):
 
 
 def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                        help="photos per forward pass, or auto (default): 16 on the CPU, 64 on a GPU (32 on one "
+                             "under 8 GiB); the manifest records the batch used")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 autocast on a GPU, fp32 on the CPU")
@@ -126,8 +129,9 @@ def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
                         help="where JPEGs are decoded: in the worker processes (default), or on the model's "
                              "device with torchvision's decode_jpeg (nvJPEG on a GPU) when the CPUs cannot keep up")
     parser.add_argument("--decode-priority", choices=("auto", "idle", "normal"), default="auto",
-                        help="idle: the decoding processes run only on CPU time nothing else wants, so they never "
-                             "stall the model's threads; auto (default): idle when the model runs on the CPU")
+                        help="auto (default) and normal: the decoding processes run as any process; idle: only on "
+                             "CPU time nothing else wants, a few percent faster on an otherwise idle machine, but "
+                             "starved (over ten times slower) while another job keeps the cores busy")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="ray: decode and embed on Ray Data (a local Ray, or the cluster at --ray-address); "
                              "needs requirements-ray.txt")
@@ -269,7 +273,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("vectors", counts["vectors"]),
         ("items", counts["items"]),
         ("skipped", counts["skipped"]),
-        ("encode rate", f"{manifest['timings']['images_per_s']} img/s on {manifest['environment']['device']}"),
+        ("encode rate", f"{manifest['timings']['images_per_s']} img/s on {manifest['environment']['device']}"
+                        + (f", batch {batch}" if (batch := manifest.get("encode", {}).get("batch_size")) else "")),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

@@ -113,6 +113,8 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
                    "skipped": len(skipped), "duplicate_photo_groups": len(duplicates)},
         "skipped": skipped,
         "duplicate_photo_groups": duplicates[:1000],
+        # the batch the forward passes ran at (auto resolves per device); None: cached maps, no pass
+        "encode": {"batch_size": encoded.batch_size, "requested_batch_size": options.batch_size},
         "timings": encoded.timings | {"index_s": round(index_s, 3),
                                       "total_s": round(time.perf_counter() - started, 3)},
         "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},

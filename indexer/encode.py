@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,12 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from model import LoadedModel
+from model.batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
 from model.cpu_runtime import yield_cpu_to_others
 from model.device_decode import decodable_on_device, decode_jpegs, transform_decoded
 from model.preprocessing import ImageDecodeError, build_transform, load_input_image
 
+
+log = logging.getLogger("snap2shop.indexer")
 
 JPEG_DECODE_CHOICES = ("workers", "device")
 DECODE_PRIORITY_CHOICES = ("auto", "idle", "normal")
@@ -101,22 +105,25 @@ class EncodeResult:
     sha256: list[str] = field(default_factory=list)  # content hash of each encoded photo, same order
     failures: list[tuple[int, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int | None = None  # photos per forward pass; None: no pass ran (cached feature maps)
 
     @classmethod
     def from_chunks(cls, chunks: list[np.ndarray], order: list[np.ndarray], sha256: list[str],
-                    failures: list[tuple[int, str]], dim: int, timings: dict) -> "EncodeResult":
+                    failures: list[tuple[int, str]], dim: int, timings: dict,
+                    batch_size: int | None = None) -> "EncodeResult":
         """Joins an engine's per-batch embeddings and catalogue positions (both in catalogue order)."""
         embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), np.float32)
         ok = np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
         wall = timings.get("wall_s", 0)
         timings = {"images_per_s": round(len(ok) / wall, 2) if wall > 0 else 0.0} | timings
-        return cls(embeddings=embeddings, ok_indices=ok, sha256=sha256, failures=sorted(failures), timings=timings)
+        return cls(embeddings=embeddings, ok_indices=ok, sha256=sha256, failures=sorted(failures), timings=timings,
+                   batch_size=batch_size)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncodingOptions:
     """How `indexer build` and `indexer add` encode photos."""
-    batch_size: int = 32
+    batch_size: int | str = AUTO  # or a number: see model/batch_size.py
     device: str = "auto"
     precision: str = "auto"
     compile_backend: str | None = None  # torch.compile backend; None: eager
@@ -127,6 +134,9 @@ class EncodingOptions:
     engine: str = "local"  # or "ray": see ray_engine.encode_paths_on_ray
     ray_address: str | None = None
     ray_actors: int | None = None
+
+    def __post_init__(self) -> None:
+        parse_batch_size(self.batch_size, "--batch-size")  # a bad value fails before the model loads
 
     def encode(self, paths: Sequence[Path], loaded: LoadedModel, device: torch.device) -> "EncodeResult":
         if self.engine not in ENGINES:
@@ -150,29 +160,39 @@ def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 32,
+def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int | str = AUTO,
                  device: torch.device | str = "cpu", workers: int | None = None,
                  progress: bool = True, plan: InferencePlan | None = None,
                  jpeg_decode: str = "workers", decode_priority: str = "auto") -> EncodeResult:
-    """`jpeg_decode`: "workers" decodes every photo in the worker processes; "device" decodes JPEGs
+    """`batch_size`: photos per forward pass, or "auto": model/batch_size.py's rule for the plan's device.
+
+    `jpeg_decode`: "workers" decodes every photo in the worker processes; "device" decodes JPEGs
     on the plan's device (nvJPEG on a GPU), batch by batch, and leaves the workers the reading.
 
     `decode_priority`: "idle" runs the worker processes only on CPU time nothing else wants (see
-    model/cpu_runtime.yield_cpu_to_others), "normal" as any process; "auto" is idle when the model
-    runs on the CPU, where the workers and the model share the cores, and normal beside a GPU."""
+    model/cpu_runtime.yield_cpu_to_others), "normal" as any process; "auto" is normal.
+
+    Why auto is not idle, even with the model on the CPU: idle bought 0.88 -> 0.90 of the model's
+    rate on an idle machine, and cost twenty-fold (tens of img/s -> 1.2) beside another job using
+    1.5 of 2 cores, where idle decoders get next to no CPU time. Noticing that and stopping
+    yielding is not open to us: an unprivileged process cannot leave SCHED_IDLE (the kernel wants an
+    RLIMIT_NICE that covers its nice value, and the default, 0, covers none), so the workers would
+    have to be restarted mid-build. Idle stays an opt-in for a machine known to have nothing else to run."""
     if jpeg_decode not in JPEG_DECODE_CHOICES:
         raise ValueError(f"jpeg_decode must be one of {JPEG_DECODE_CHOICES}, got {jpeg_decode!r}")
     if decode_priority not in DECODE_PRIORITY_CHOICES:
         raise ValueError(f"decode_priority must be one of {DECODE_PRIORITY_CHOICES}, got {decode_priority!r}")
     device = torch.device(device)
     plan = plan or plan_inference(device)
-    idle_decoders = decode_priority == "idle" or (decode_priority == "auto" and plan.device.type == "cpu")
+    idle_decoders = decode_priority == "idle"
+    used_batch = resolve_batch_size(batch_size, plan.device)
+    log.info("encoding in batches of %s", describe_batch_size(batch_size, used_batch, plan.device))
     model = prepare_model(loaded.model, plan)
     prep = loaded.config.preprocessing
     transform = build_transform(prep)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
-        PhotoDataset(paths, prep, raw_jpegs=jpeg_decode == "device"), batch_size=batch_size, shuffle=False,
+        PhotoDataset(paths, prep, raw_jpegs=jpeg_decode == "device"), batch_size=used_batch, shuffle=False,
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers else None,
         worker_init_fn=_decoder_yielding_to_model if idle_decoders else None,
@@ -213,7 +233,7 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 3
         "decode_preprocess_s_total": round(decode_s, 3),
         "forward_s": round(forward_s, 3),
         "device_decode_s": round(device_decode_s, 3),  # JPEGs decoded on the device, in this process
-    } | plan.describe())
+    } | plan.describe(), batch_size=used_batch)
 
 
 def _progress_bar(total: int, enabled: bool):

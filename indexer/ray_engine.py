@@ -7,6 +7,7 @@ where the cluster has GPUs. Output order is the catalogue's, so vector ids do no
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -16,8 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from model import LoadedModel
+from model.batch_size import AUTO, describe_batch_size, resolve_batch_size
 
 from .encode import EncodeResult, PhotoDataset
+
+log = logging.getLogger("snap2shop.indexer")
 
 # Ray's own CPU accounting for each stage. Fractions, so that on a 2-core machine the embedding actor
 # never holds every CPU: Ray Data then waits for a free CPU to read with and hangs without a word.
@@ -106,7 +110,7 @@ class _Embedder:
         return {"index": batch["index"], "ok": ok, "note": batch["note"], "embedding": embeddings}
 
 
-def encode_paths_on_ray(paths: Sequence[Path], loaded: LoadedModel, batch_size: int = 32, device: str = "auto",
+def encode_paths_on_ray(paths: Sequence[Path], loaded: LoadedModel, batch_size: int | str = AUTO, device: str = "auto",
                         precision: str = "auto", address: str | None = None, actors: int | None = None,
                         progress: bool = True) -> EncodeResult:
     """Like encode.encode_paths, on Ray. `address`: a running cluster (ray://… or host:port), or None to
@@ -134,7 +138,7 @@ def encode_paths_on_ray(paths: Sequence[Path], loaded: LoadedModel, batch_size: 
             ray.shutdown()
 
 
-def _encode(ray, paths, loaded: LoadedModel, batch_size: int, device: str, precision: str,
+def _encode(ray, paths, loaded: LoadedModel, batch_size: int | str, device: str, precision: str,
             actors: int | None, progress: bool) -> EncodeResult:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # catalogue order in, catalogue order out
@@ -144,6 +148,11 @@ def _encode(ray, paths, loaded: LoadedModel, batch_size: int, device: str, preci
     if use_gpu and gpus == 0:
         raise RayEngineError("--device cuda, but the Ray cluster has no GPUs")
     actors = actors or (gpus if use_gpu else 1)
+    actor_device = "cuda" if use_gpu else "cpu"
+    # The actors' device, not the driver's: a laptop driving a GPU cluster batches for the GPUs. Their
+    # memory is not known here; the rule reads this machine's GPU, if any, else takes a large one.
+    requested_batch, batch_size = batch_size, resolve_batch_size(batch_size, actor_device)
+    log.info("encoding on Ray in batches of %s", describe_batch_size(requested_batch, batch_size, actor_device))
     prep = loaded.config.preprocessing
     started = time.perf_counter()
     rows = ray.data.from_items([{"index": i, "path": str(p)} for i, p in enumerate(paths)])
@@ -151,7 +160,7 @@ def _encode(ray, paths, loaded: LoadedModel, batch_size: int, device: str, preci
                                num_cpus=DECODE_TASK_CPUS, batch_format="numpy")
     embedded = decoded.map_batches(
         _Embedder, fn_constructor_kwargs={"spec": loaded.spec, "checksum": loaded.checksum,
-                                          "device": "cuda" if use_gpu else "cpu", "precision": precision},
+                                          "device": actor_device, "precision": precision},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=EMBED_ACTOR_CPUS, num_gpus=1 if use_gpu else 0)
     chunks, order, digests, failures = [], [], [], []
@@ -167,4 +176,4 @@ def _encode(ray, paths, loaded: LoadedModel, batch_size: int, device: str, preci
         raise RayEngineError(f"Ray encoding failed: {str(cause).strip().splitlines()[-1]}") from None
     return EncodeResult.from_chunks(chunks, order, digests, failures, loaded.model.embedding_dim, timings={
         "wall_s": round(time.perf_counter() - started, 3), "engine": "ray", "ray_actors": actors,
-        "device": "cuda" if use_gpu else "cpu"})
+        "device": actor_device}, batch_size=batch_size)

@@ -232,11 +232,15 @@ class OpenedIndex:
 
     @property
     def image_root(self) -> Path:
+        """Where the catalogue was when the index was built: the default root of its photo paths."""
         return Path(self.manifest["catalog"]["image_root"])
 
-    def resolve_image_path(self, stored: str) -> Path:
+    def resolve_image_path(self, stored: str, root: Path | None = None) -> Path:
+        """A stored photo path on disk. Photos under the catalogue root are stored relative to it, so
+        `root` (the catalogue's folder now, when it has moved) re-points them; a photo that was
+        outside the root is stored absolute and stays where it was."""
         path = Path(stored)
-        return path if path.is_absolute() else self.image_root / path
+        return path if path.is_absolute() else (self.image_root if root is None else root) / path
 
     def close(self) -> None:
         self.store.close()

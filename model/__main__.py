@@ -76,6 +76,7 @@ def _positive(text: str) -> int:
 
 def _add_adapt_parser(verbs) -> None:
     from .adapt import HEADS, AdaptConfig
+    from .batch_size import batch_size_arg
 
     defaults = AdaptConfig(data=Path("."), format="catalog", out=Path("x.safetensors"))
     adapt = verbs.add_parser("adapt", help="fit a head on the frozen backbone's cached features (CPU minutes)")
@@ -91,7 +92,8 @@ def _add_adapt_parser(verbs) -> None:
                        help=f"synthesised shopper's views per item, catalog format (default {defaults.views})")
     adapt.add_argument("--cache", type=Path, default=None,
                        help="feature cache folder (default ~/.cache/snap2shop/adapt); a killed run resumes from it")
-    adapt.add_argument("--batch-size", type=_positive, default=defaults.batch_size)
+    adapt.add_argument("--batch-size", type=batch_size_arg, default=defaults.batch_size,
+                       help="photos per backbone pass, or auto (default): 16 on the CPU, 64 on a GPU")
     adapt.add_argument("--dim", type=_positive, default=defaults.dim, help="embedding dims after whitening")
     adapt.add_argument("--head", choices=HEADS, default=defaults.head,
                        help="whiten, residual (whitening + per-side InfoNCE heads) or auto: the better on held-out items")

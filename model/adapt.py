@@ -23,6 +23,7 @@ from .adapt_cache import encode_crops, encode_rows
 from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
 from .adapt_fit import fit_foreground, fit_projection, pool, sample_cells
 from .adapted_head import BOX_RULE, garment_boxes
+from .batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from .checkpoint import build_from_backbone, save_checkpoint, weights_checksum
 from .config import AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
@@ -54,7 +55,7 @@ class AdaptConfig:
     views: int = 2                  # synthesised views per item (catalog format)
     cache: Path | None = None
     device: str = "auto"
-    batch_size: int = 16
+    batch_size: int | str = AUTO    # or a number: see batch_size.py
     workers: int = 2
     dim: int = 512
     head: str = "auto"
@@ -69,8 +70,9 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.views < 1 or self.views > 64:
             raise ValueError(f"--views must be between 1 and 64, got {self.views}")
-        if self.batch_size < 1 or self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
-            raise ValueError("--batch-size and --shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
+        parse_batch_size(self.batch_size, "--batch-size")
+        if self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
+            raise ValueError("--shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
         if self.head not in HEADS:
             raise ValueError(f"--head must be one of {HEADS}, got {self.head!r}")
         if not 64 <= self.query_size <= 1024 or (self.input_size is not None and not 64 <= self.input_size <= 1024):
@@ -128,6 +130,10 @@ def adapt(config: AdaptConfig) -> Path:
     query_prep = replace(prep, input_size=config.query_size)
     backbone_sum = weights_checksum(model.backbone)
     plan = plan_inference(resolve_device(config.device))
+    # From here on the number the passes run at; the report records it.
+    batch_size = resolve_batch_size(config.batch_size, plan.device)
+    log.info("backbone passes in batches of %s", describe_batch_size(config.batch_size, batch_size, plan.device))
+    config = replace(config, batch_size=batch_size)
     backbone = prepare_model(model.backbone, plan)
     cache_root = Path(config.cache) if config.cache else default_cache_dir()
     base = {"backbone": config.backbone, "backbone_sha256": backbone_sum}
@@ -214,7 +220,7 @@ def adapt(config: AdaptConfig) -> Path:
     adapted = _assemble(embed_config, model, foreground, projection)
     timings["total_s"] = time.perf_counter() - started
     report = {"data": str(config.data), "format": config.format, "split_csv": str(config.split_csv or ""),
-              "cache": str(cache_root.resolve()),
+              "cache": str(cache_root.resolve()), "batch_size": config.batch_size,
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
               "views_per_item": config.views if synthesised else None, "skipped": skipped,
               "projection": projection.validation, "timings": {k: round(v, 1) for k, v in timings.items()}}

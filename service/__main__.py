@@ -11,10 +11,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from model.batch_size import batch_size_arg
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     parser.add_argument("--index", type=Path, help="index folder (env SNAP2SHOP_INDEX)")
+    parser.add_argument("--image-root", type=Path,
+                        help="folder the catalogue photos are in now, when not where the index was built "
+                             "(env SNAP2SHOP_IMAGE_ROOT; default: the root in the index manifest)")
     parser.add_argument("--model", help="override where the index's model is loaded from; it must be the same weights")
     parser.add_argument("--host", help="bind address (env SNAP2SHOP_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env SNAP2SHOP_PORT, default 8000)")
@@ -23,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-device", choices=("auto", "cpu", "gpu"), help="FAISS device (env SNAP2SHOP_INDEX_DEVICE)")
     parser.add_argument("--max-upload-bytes", type=int, help="env SNAP2SHOP_MAX_UPLOAD_BYTES, default 20 MiB")
     parser.add_argument("--max-in-flight", type=int, help="searches at once before 503 (env SNAP2SHOP_MAX_IN_FLIGHT, default 64)")
-    parser.add_argument("--batch-max-size", type=int, help="photos per forward pass at most (env SNAP2SHOP_BATCH_MAX_SIZE, default 16)")
+    parser.add_argument("--batch-max-size", type=batch_size_arg,
+                        help="photos per forward pass at most (env SNAP2SHOP_BATCH_MAX_SIZE), or auto (default): "
+                             "16 on the CPU, 64 on a GPU")
     parser.add_argument("--reload-poll-s", type=float, help="seconds between looks for a new index version; 0: never (default 2)")
     parser.add_argument("--log-format", choices=("json", "text"), help="env SNAP2SHOP_LOG_FORMAT, default json")
     parser.add_argument("--tta", choices=("auto", "none", "flip"),
@@ -48,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     from .settings import Settings
 
     try:
-        settings = Settings.from_env(index=args.index, model=args.model, host=args.host, port=args.port,
-                                     device=args.device, precision=args.precision, index_device=args.index_device,
+        settings = Settings.from_env(index=args.index, image_root=args.image_root, model=args.model,
+                                     host=args.host, port=args.port, device=args.device, precision=args.precision,
+                                     index_device=args.index_device,
                                      max_upload_bytes=args.max_upload_bytes, max_in_flight=args.max_in_flight,
                                      batch_max_size=args.batch_max_size, reload_poll_s=args.reload_poll_s,
                                      log_format=args.log_format, store=args.store, milvus_uri=args.milvus_uri,

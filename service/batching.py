@@ -31,6 +31,7 @@ class _Job:
     tensor: torch.Tensor
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    photo: object = None  # the decoded photo a located garment is cropped from, if the model wants it
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -47,7 +48,10 @@ class MicroBatcher:
     def __init__(self, max_size: int = 16, max_wait_ms: float = 0.0,
                  on_batch: Callable[[int, float], None] | None = None, threads: int | None = None) -> None:
         """`threads`: make the worker the one thread with that many intra-op threads and every other
-        thread single-threaded (see model/cpu_runtime); None leaves torch's threads as they are."""
+        thread single-threaded (see model/cpu_runtime); None leaves torch's threads as they are.
+        `max_size`: a number; Settings' "auto" is resolved for the device before it gets here (runtime)."""
+        if not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be a whole number of at least 1, got {max_size!r}")
         self.max_size = max_size
         self.max_wait_s = max_wait_ms / 1e3
         self._on_batch = on_batch
@@ -63,11 +67,11 @@ class MicroBatcher:
         """Photos waiting for a forward pass."""
         return self._queue.qsize()
 
-    async def embed(self, embedder, tensor: torch.Tensor) -> EmbedResult:
+    async def embed(self, embedder, tensor: torch.Tensor, photo=None) -> EmbedResult:
         """The unit vector of one preprocessed photo, computed in a shared batch."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Job(embedder, tensor, future, loop))
+        self._queue.put(_Job(embedder, tensor, future, loop, photo=photo))
         return await future
 
     def close(self, timeout: float = 10.0) -> None:
@@ -117,7 +121,8 @@ class MicroBatcher:
             stacked = torch.stack([job.tensor for job in batch])
             embedder = batch[0].embedder
             if hasattr(embedder, "embed_queries"):
-                vectors, boxes = embedder.embed_queries(stacked)
+                photos = [job.photo for job in batch]
+                vectors, boxes = embedder.embed_queries(stacked, None if any(p is None for p in photos) else photos)
             else:
                 vectors, boxes = embedder.embed(stacked), None
         except Exception as exc:  # the requests get the error; the worker lives on

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from indexer.store import OpenedIndex, open_index
 from indexer.vector_store import StoreConfig
 from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
+from model.garment_crop import crop_source_size
 from model.inference import InferencePlan, embed_query_batch, plan_inference, prepare_model, resolve_device
 from model.preprocessing import Box, crop_to_box, fit_inside_size, load_input_image
 
@@ -25,6 +27,61 @@ TTA_MODES = ("auto", "none", "flip")
 
 class IncompatibleIndexError(RuntimeError):
     """The index and the model cannot work together; refused at start-up."""
+
+
+PHOTO_SAMPLE = 16  # photo files looked for at load: enough to tell a moved catalogue, cheap on any disk
+IMAGE_ROOT_FIX = "--image-root FOLDER (or SNAP2SHOP_IMAGE_ROOT=FOLDER)"
+
+
+@dataclass(frozen=True)
+class PhotoRoot:
+    """Where the served index's catalogue photos are read from, and whether a sample was found there.
+
+    A missing catalogue never stops the service: searches need only the vectors and metadata, so
+    it keeps answering and says what is wrong (the log, /healthz, the photo routes' 404s)."""
+
+    path: Path
+    overridden: bool  # from the settings (--image-root / SNAP2SHOP_IMAGE_ROOT), not the manifest
+    sampled: int
+    found: int
+    is_folder: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.found == self.sampled
+
+    @property
+    def gone(self) -> bool:
+        """Not one sampled photo is there: the catalogue is elsewhere, not merely missing a few."""
+        return self.sampled > 0 and self.found == 0
+
+    @property
+    def problem(self) -> str | None:
+        if self.ok:
+            return None
+        where = (f"image root {self.path} (from --image-root / SNAP2SHOP_IMAGE_ROOT)" if self.overridden
+                 else f"image root {self.path} (where the catalogue was when the index was built)")
+        if self.gone:
+            what = (f"none of {self.sampled} sampled catalogue photos are under {where}" if self.is_folder
+                    else f"{where} is not a folder")
+            return (f"{what}: searches still work, but item photos answer 404; if the catalogue has moved, "
+                    f"start the service with {IMAGE_ROOT_FIX} naming its folder now")
+        return (f"{self.sampled - self.found} of {self.sampled} sampled catalogue photos are missing under "
+                f"{where}: their items' photos answer 404; `python -m indexer verify --deep` lists them all")
+
+    def describe(self) -> dict:
+        return {"image_root": str(self.path), "image_root_from": "settings" if self.overridden else "manifest",
+                "sampled": self.sampled, "found": self.found, "ok": self.ok, "problem": self.problem}
+
+
+def check_photos(index: OpenedIndex, root: Path | None, sample: int = PHOTO_SAMPLE) -> PhotoRoot:
+    """Look for a spread-out sample of the index's photo files under `root` (None: the manifest's)."""
+    count = index.metadata.count_images()
+    ids = sorted({int(i) for i in np.linspace(0, count - 1, min(sample, count)).round()}) if count else []
+    stored = [path for _, path in index.metadata.images_for_vectors(ids).values()]
+    found = sum(index.resolve_image_path(path, root).is_file() for path in stored)
+    chosen = index.image_root if root is None else root
+    return PhotoRoot(chosen, root is not None, len(stored), found, chosen.is_dir())
 
 
 @dataclass(frozen=True)
@@ -97,9 +154,14 @@ class PhotoEncoder:
         return self.decode_query(image_bytes, box)[0]
 
     def decode_query(self, image_bytes: bytes, box: Box | None = None):
-        """(tensor, QueryFrame): the input tensor and where it lies in the photo."""
+        """(tensor, QueryFrame, photo): the input tensor, where it lies in the photo, and the decoded
+        photo the garment crop is taken from (None for a model that does not locate the garment)."""
+        crop_size = crop_source_size(self.preprocessing) if self.locates_garments else None
         if box is None:
-            img = load_input_image(image_bytes, self.query_preprocessing)
+            # A model that crops the garment out of the photo decodes it at the crop's resolution
+            # (JPEG draft scaling stops there), not just the query's.
+            img = load_image(image_bytes, target_size=max(self.query_preprocessing.input_size, crop_size or 0),
+                             fit="contain") if crop_size else load_input_image(image_bytes, self.query_preprocessing)
             width, height = img.info.get("source_size", img.size)
             region = (0.0, 0.0, float(width), float(height))
         else:
@@ -107,23 +169,34 @@ class PhotoEncoder:
             # a small box needs all of them.
             img = crop_to_box(load_image(image_bytes), box)
             region = (float(round(box.x0)), float(round(box.y0)), float(round(box.x1)), float(round(box.y1)))
+        if crop_size and max(img.size) > crop_size:  # what waits in the batcher's queue stays small
+            img = img.resize(fit_inside_size(img.width, img.height, crop_size), Image.BILINEAR, reducing_gap=3.0)
         size = self.query_preprocessing.input_size
         frame = QueryFrame.of(region, fit_inside_size(img.width, img.height, size), size)
-        return self._transform(img), frame
+        return self._transform(img), frame, (img if crop_size else None)
+
+    @property
+    def locates_garments(self) -> bool:
+        return self.model.model.locates_garments
 
     def embed(self, batch) -> np.ndarray:
         """(B, 3, H, W) query tensors -> (B, D) float32 unit vectors, or (B, S, D) for a model that
         sees a query at S scales (each searched, the best kept)."""
         return self.embed_queries(batch)[0]
 
-    def embed_queries(self, batch) -> tuple[np.ndarray, np.ndarray | None]:
-        """(B, 3, H, W) query tensors -> ((B, D) unit vectors, (B, 4) garment boxes in frame units or None)."""
-        return embed_query_batch(self.net, batch, self.plan, flip=self.tta == "flip")
+    def embed_queries(self, batch, photos=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, 3, H, W) query tensors -> ((B, D) unit vectors, (B, 4) garment boxes in frame units or None).
+
+        `photos`: decode_query's photos, one per tensor, to crop a located garment from."""
+        return embed_query_batch(self.net, batch, self.plan, flip=self.tta == "flip", photos=photos)
 
 
 class SearchEngine:
-    def __init__(self, index: OpenedIndex, embedder: PhotoEncoder) -> None:
+    def __init__(self, index: OpenedIndex, embedder: PhotoEncoder, image_root: Path | None = None) -> None:
         self.index = index
+        self.photos = check_photos(index, image_root)
+        if self.photos.problem:
+            log.warning("%s", self.photos.problem)
         self.store = index.store
         self.embedder = embedder
         self.model = embedder.model
@@ -135,10 +208,11 @@ class SearchEngine:
     def load(cls, index_dir: Path, model_spec: str | None = None, device: str = "auto",
              precision: str = "auto", index_device: str = "auto",
              reuse: PhotoEncoder | None = None, store: StoreConfig | None = None,
-             tta: str = "auto") -> "SearchEngine":
+             tta: str = "auto", image_root: Path | None = None) -> "SearchEngine":
         """Open the live index version with its model; `reuse` an already loaded embedder when it
         holds the weights the index was built with (a hot reload of the same model). `store` says
-        where the index's Milvus store is reached when not where the indexer reached it."""
+        where the index's Milvus store is reached when not where the indexer reached it;
+        `image_root` where its catalogue photos are when not where they were at build time."""
         opened = open_index(index_dir, store, index_device)
         manifest = opened.manifest
         if reuse is not None and reuse.checksum == manifest["model"]["checksum"] and reuse.tta_setting == tta:
@@ -156,7 +230,7 @@ class SearchEngine:
         except IncompatibleIndexError:
             opened.close()
             raise
-        engine = cls(opened, embedder)
+        engine = cls(opened, embedder, image_root)
         log.info("serving %s (%d vectors, %d items) with %s; embedder on %s; index on %s", opened.version_dir,
                  opened.store.count(), manifest["counts"]["items"], embedder.model.spec,
                  " ".join(embedder.plan.describe().values()), engine.index_placement)
@@ -165,7 +239,8 @@ class SearchEngine:
     @classmethod
     def from_settings(cls, settings, reuse: PhotoEncoder | None = None) -> "SearchEngine":
         return cls.load(settings.index, settings.model, settings.device, settings.precision, settings.index_device,
-                        reuse=reuse, store=settings.store_override(), tta=settings.tta)
+                        reuse=reuse, store=settings.store_override(), tta=settings.tta,
+                        image_root=settings.image_root)
 
     @property
     def version(self) -> str:
@@ -231,6 +306,16 @@ class SearchEngine:
         return [SearchHit(item_id=item_id, score=score, image_path=path, attributes=attributes.get(item_id, {}))
                 for item_id, (score, path) in chosen]
 
+    def image_paths(self, item_id: str) -> list[Path] | None:
+        """Where an item's photos are on disk, best first; None for an item not in the index.
+
+        Only paths recorded in the index come out, so no request can name another file."""
+        item = self.index.metadata.item(item_id)
+        if item is None:
+            return None
+        root = self.photos.path if self.photos.overridden else None
+        return [self.index.resolve_image_path(stored, root) for stored in item["images"]]
+
     def categories(self) -> list[tuple[str, int]]:
         return self.index.metadata.attribute_counts("category")
 
@@ -243,6 +328,7 @@ class SearchEngine:
                       "items": manifest["counts"]["items"], "factory": manifest["index_factory"],
                       "store": self.store.kind, "placement": self.index_placement,
                       "built_at": manifest["built_at"]},
+            "photos": self.photos.describe(),
         }
 
 

@@ -115,7 +115,9 @@ class RequestObservationMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            # path_format: the template without converters ("/items/{item_id}", not "{item_id:path}"),
+            # so dashboards keep their labels whatever converter a route uses
+            route = getattr(scope.get("route"), "path_format", None) or "unmatched"
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             state = scope.get("state", {})

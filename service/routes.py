@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from model import ImageDecodeError
 from model.preprocessing import SUPPORTED_FORMAT_NAMES, Box, BoxError
 
-from .engine import SearchEngine, SearchHit
+from .engine import IMAGE_ROOT_FIX, SearchEngine, SearchHit
 from .runtime import Services
 from .settings import Settings
 from .uploads import read_photo_upload
@@ -59,7 +59,17 @@ class SearchResponse(BaseModel):
 
 
 def item_image_url(item_id: str) -> str:
+    # Every character escaped, `/` too: the one spelling that reaches any id's photo (see get_item_image).
     return f"/items/{quote(item_id, safe='')}/image"
+
+
+def _photo_suffix_sent(request: Request) -> bool:
+    """Whether the URL as sent ends in a literal `/image`, not in an escaped `%2Fimage` of the id.
+
+    The server decodes %2F before routing, so only the raw path tells the two apart; under a
+    server that leaves raw_path out, the decoded path is all there is."""
+    raw = request.scope.get("raw_path")
+    return raw.endswith(b"/image") if raw else request.url.path.endswith("/image")
 
 
 def _result(hit: SearchHit) -> SearchResult:
@@ -96,7 +106,7 @@ async def search(
     t0 = time.perf_counter()
     try:
         # Off the event loop, and only so many at once: a full-size decode can take 100+ MB.
-        tensor, frame = await anyio.to_thread.run_sync(engine.embedder.decode_query, data, region,
+        tensor, frame, photo = await anyio.to_thread.run_sync(engine.embedder.decode_query, data, region,
                                                        limiter=services.decode_slots)
     except BoxError as exc:
         raise HTTPException(422, str(exc)) from None
@@ -104,7 +114,7 @@ async def search(
         request.state.error = str(exc)
         raise HTTPException(400, f"cannot use this upload as a photo: {exc}") from None
     timings["decode_ms"] = (time.perf_counter() - t0) * 1e3
-    embedded = await services.batcher.embed(engine.embedder, tensor)
+    embedded = await services.batcher.embed(engine.embedder, tensor, photo)
     timings |= {"queue_ms": embedded.queue_ms, "embed_ms": embedded.embed_ms}
     hits = await run_in_threadpool(engine.search_vector, embedded.vector, k, category or None, timings)
     took_ms = (time.perf_counter() - started) * 1e3
@@ -116,27 +126,49 @@ async def search(
                           timings_ms=rounded, index_version=engine.version)
 
 
-@router.get("/items/{item_id}", summary="Metadata of one catalogue item")
+# Declared before the metadata route, which would also match a path ending in /image.
+@router.get("/items/{item_id:path}/image", summary="The item's shop photo", response_class=FileResponse,
+            responses={404: {"description": "no such item, or its photo files are not under the image root"}})
+def get_item_image(item_id: str, request: Request, engine: EngineDep) -> Response:
+    """The photo of the item whose id is everything between `/items/` and the final `/image`.
+
+    Ids may hold any character, `/` included. The rule that keeps this route and `/items/{id}`
+    apart: a URL ending in a literal `/image` asks for the photo of the id before it; any other URL
+    asks for the metadata of the whole id. Escape an id's own slashes as %2F (encodeURIComponent,
+    `quote(id, safe='')`), as `image_url` does, and every id works both ways: `/items/a%2Fb%2Fimage`
+    is the metadata of item `a/b/image`, `/items/a%2Fb%2Fimage/image` its photo. Unescaped slashes
+    work too, except that `/items/a/b/image` is then the photo of item `a/b`.
+    """
+    if not _photo_suffix_sent(request):
+        # The decoded path ends in /image, the URL as sent in %2Fimage: the id's own last segment.
+        return JSONResponse(get_item(f"{item_id}/image", engine))
+    paths = engine.image_paths(item_id)
+    if paths is None:
+        whole = f"{item_id}/image"
+        hint = (f"; for item {whole!r} itself, escape its slashes as %2F" if engine.index.metadata.item(whole)
+                else "")
+        raise HTTPException(404, f"no item {item_id!r} in the index{hint}")
+    for path in paths:
+        if path.is_file():
+            return FileResponse(path)
+    if engine.photos.gone:
+        raise HTTPException(404, f"the photo files of item {item_id!r} are not under the service's image root "
+                                 f"(/healthz shows it); if the catalogue has moved, start the service with "
+                                 f"{IMAGE_ROOT_FIX} naming its folder now")
+    raise HTTPException(404, f"the photo files of item {item_id!r} are no longer where the index says; "
+                             f"`python -m indexer verify --deep` lists the missing photos")
+
+
+@router.get("/items/{item_id:path}", summary="Metadata of one catalogue item")
 def get_item(item_id: str, engine: EngineDep) -> dict:
+    """The item whose id is everything after `/items/`, `/` included; an id ending in `/image` needs
+    its slashes escaped (%2F), see the photo route."""
     item = engine.index.metadata.item(item_id)
     if item is None:
         raise HTTPException(404, f"no item {item_id!r} in the index")
     reserved = {"item_id", "image_count", "image_url"}
     return {"item_id": item_id, **{k: v for k, v in item["attributes"].items() if k not in reserved},
             "image_count": item["image_count"], "image_url": item_image_url(item_id)}
-
-
-@router.get("/items/{item_id}/image", summary="The item's shop photo", response_class=FileResponse)
-def get_item_image(item_id: str, engine: EngineDep) -> FileResponse:
-    item = engine.index.metadata.item(item_id)
-    if item is None:
-        raise HTTPException(404, f"no item {item_id!r} in the index")
-    # Only paths recorded in the index are ever served, so no request can name another file.
-    for stored in item["images"]:
-        path = engine.index.resolve_image_path(stored)
-        if path.is_file():
-            return FileResponse(path)
-    raise HTTPException(404, f"the photo files of item {item_id!r} are no longer where the index says")
 
 
 @router.get("/categories", summary="Catalogue categories with their item counts, for filters")

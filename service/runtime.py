@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from model.batch_size import describe_batch_size, resolve_batch_size
+
 from .batching import MicroBatcher
 from .engine import SearchEngine
 from .limits import Capacity
@@ -31,13 +33,18 @@ class Services:
 
     def live_numbers(self) -> dict:
         return {"in_flight": self.capacity.in_flight, "max_in_flight": self.capacity.limit,
-                "queue_depth": self.batcher.depth(), "rejected": self.capacity.rejected}
+                "queue_depth": self.batcher.depth(), "max_batch_size": self.batcher.max_size,
+                "rejected": self.capacity.rejected}
 
 
 def start_services(settings: Settings, engine: SearchEngine, metrics: ServiceMetrics, capacity: Capacity) -> Services:
     """Called inside the event loop (the lifespan): the watcher task and limiter belong to it."""
     holder = EngineHolder(settings, engine)
-    batcher = MicroBatcher(settings.batch_max_size, settings.batch_max_wait_ms, on_batch=metrics.observe_batch,
+    # A hot reload keeps the device (it reuses the embedder or plans the same one), so this holds.
+    device = engine.plan.device
+    max_size = resolve_batch_size(settings.batch_max_size, device)
+    log.info("micro-batches of up to %s", describe_batch_size(settings.batch_max_size, max_size, device))
+    batcher = MicroBatcher(max_size, settings.batch_max_wait_ms, on_batch=metrics.observe_batch,
                            threads=settings.torch_threads or None)
 
     def on_reload(outcome: ReloadOutcome, served: SearchEngine) -> None:

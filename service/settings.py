@@ -15,6 +15,9 @@ ENV_PREFIX = "SNAP2SHOP_"
 @dataclass(frozen=True)
 class Settings:
     index: Path = Path("var/demo/index")
+    # Where the catalogue photos are now; None: where they were when the index was built (its
+    # manifest). Set it when the catalogue is mounted elsewhere (another machine, a container).
+    image_root: Path | None = None
     model: str | None = None  # None: the model the index manifest names
     device: str = "auto"  # where the embedder runs: auto (GPU when torch sees one), cpu, cuda
     precision: str = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
@@ -38,7 +41,9 @@ class Settings:
     # Intra-op threads of the embedding worker's forward pass; every other thread runs torch on one.
     # 0: leave torch's threads alone (`python -m service` sets it to torch's default, one per core).
     torch_threads: int = 0
-    batch_max_size: int = 16  # embeddings computed in one forward pass at most
+    # Embeddings computed in one forward pass at most; auto: model/batch_size.py's rule for the
+    # embedder's device (16 on the CPU, 64 on a GPU), resolved where the device is known (runtime).
+    batch_max_size: int | str = "auto"
     # Test-time augmentation of uploads: flip (the mirror image too, averaged: twice the forward
     # passes), none, or auto: flip for adapted models, where it measured +0.01 to +0.04 top-1, none
     # for the zero-shot model, where it measured nothing (README, "Adapt to your catalogue").
@@ -64,12 +69,18 @@ class Settings:
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
     def __post_init__(self) -> None:
+        if self.image_root is not None:  # a string from the environment, or a caller's "~/shop"
+            object.__setattr__(self, "image_root", Path(self.image_root).expanduser())
         if self.max_upload_bytes < 1024:
             raise ValueError("max_upload_bytes must be at least 1024")
         if not 1 <= self.default_k <= self.max_k:
             raise ValueError("default_k must lie between 1 and max_k")
-        if self.max_in_flight < 1 or self.batch_max_size < 1:
-            raise ValueError("max_in_flight and batch_max_size must be at least 1")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        from model.batch_size import parse_batch_size
+
+        # "16" from the environment becomes 16, "auto" stays; anything else is one clear line.
+        object.__setattr__(self, "batch_max_size", parse_batch_size(self.batch_max_size, "batch_max_size"))
         if self.decode_threads < 0 or self.torch_threads < 0:
             raise ValueError("decode_threads and torch_threads cannot be negative")
         if self.batch_max_wait_ms < 0 or self.reload_poll_s < 0:

@@ -149,6 +149,56 @@ def test_crop_of_the_whole_frame_is_the_image_and_past_the_edge_is_letterbox_zer
     torch.testing.assert_close(right_half_out[..., :15], images[..., 16:31], atol=0.05, rtol=0)
 
 
+def test_photo_crop_is_the_box_of_the_photo_itself_and_padding_past_its_edges_is_zero():
+    from PIL import Image
+
+    from model.config import Preprocessing
+    from model.garment_crop import crop_photo, photo_box
+    from model.preprocessing import build_transform
+
+    prep = Preprocessing(input_size=32)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))  # 400 wide, 300 high
+    # the 400x300 photo letterboxed into a 100 px frame: content 100x75 from y = 12
+    assert photo_box([0.0, 0.12, 1.0, 0.87], photo.size, 100) == pytest.approx((0, 0, 400, 300))
+    # a square box inside the photo: exactly the catalogue transform of that region
+    box = [0.2, 0.3, 0.2 + 0.32, 0.3 + 0.32]
+    x0, y0, x1, y1 = photo_box(box, photo.size, 100)
+    expected = build_transform(prep)(photo.crop((round(x0), round(y0), round(x1), round(y1))))
+    got = crop_photo(photo, box, 100, prep)
+    assert got.shape == expected.shape and (got - expected).abs().mean() < 0.02  # resampling noise only
+    # a box half past the right edge: the left half is the photo, the right half letterbox zero
+    past = crop_photo(photo, [0.75, 0.3, 1.25, 0.8], 100, prep)
+    assert past[..., 17:].abs().max() == 0 and (past[..., :15] != 0).float().mean() > 0.9
+    assert crop_photo(photo, [2.0, 2.0, 2.5, 2.5], 100, prep).abs().max() == 0  # off the photo: all padding
+
+
+def test_query_side_crops_a_small_garment_from_the_photo_not_from_the_query_tensor(adapted):
+    from PIL import Image
+
+    from model import load_model
+    from model.garment_crop import crop_photos
+    from model.inference import embed_query_batch, plan_inference
+    from model.preprocessing import build_transform
+
+    loaded = load_model(str(adapted))
+    model, plan = loaded.model.eval(), plan_inference(torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8))  # detail the 96 px frame loses
+    tensor = build_transform(loaded.config.query_prep)(photo)[None]
+    vectors, boxes = embed_query_batch(model, tensor, plan, photos=[photo])
+    with torch.inference_mode():
+        _, located = model.locate_garments(tensor)
+        crops = crop_photos([photo], located.numpy(), tensor.shape[-1], loaded.config.preprocessing)
+        expected = model.embed_query_crops(crops).numpy()
+        from_tensor, _ = model.encode_query(tensor)
+    np.testing.assert_allclose(boxes, located.numpy(), atol=1e-6)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert not np.allclose(vectors, from_tensor.numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="photos for"):
+        embed_query_batch(model, tensor, plan, photos=[photo, photo])
+
+
 # --- the cache ----------------------------------------------------------------------------------
 
 def test_cache_part_refuses_a_folder_written_for_other_content(tmp_path):
@@ -240,8 +290,8 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
     loaded = load_model(str(adapted))
     photo = sorted(shop.iterdir())[0]
     # a shopper's photo: the shop photo small on a grey street
-    street = Image.new("RGB", (300, 240), (90, 95, 100))
-    street.paste(load_image(photo).resize((120, 120)), (150, 60))
+    street = Image.new("RGB", (250, 200), (90, 95, 100))  # within the crop source size: decoded as it is
+    street.paste(load_image(photo).resize((100, 100)), (125, 50))
     street_path = tmp_path / "street.jpg"
     street.save(street_path, quality=92)
     query_prep, shop_prep = loaded.config.query_prep, loaded.config.preprocessing
@@ -252,11 +302,16 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
     from model.inference import embed_query_batch, plan_inference
 
     plan = plan_inference(torch.device("cpu"))
+    # the service crops the garment out of the decoded photo, not out of the query tensor
+    street_photo = [load_image(street_path)]
     with torch.inference_mode():
-        query, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan)
-        flipped, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan, flip=True)
+        query, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan, photos=street_photo)
+        flipped, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan, flip=True,
+                                       photos=street_photo)
+        from_tensor, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan)
         catalogue_side = loaded.model(photo_tensor(street_path, shop_prep))
         vectors = np.stack([loaded.model(photo_tensor(p, shop_prep))[0].numpy() for p in sorted(shop.iterdir())])
+    assert not np.allclose(from_tensor, query, atol=1e-4)
     expected = sorted(vectors @ query[0], reverse=True)[:5]
     expected_flip = sorted(vectors @ flipped[0], reverse=True)[:5]
     not_expected = sorted(vectors @ catalogue_side[0].numpy(), reverse=True)[:5]
@@ -269,11 +324,11 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
         body = client.post("/search?k=5", files={"image": ("street.jpg", street_path.read_bytes())}).json()
         assert [r["score"] for r in body["results"]] == pytest.approx(expected_flip, abs=1e-4)
         x0, y0, x1, y1 = body["region"]
-        assert 0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 240
-        boxed = client.post("/search?k=5&box=100,20,300,220",
+        assert 0 <= x0 < x1 <= 250 and 0 <= y0 < y1 <= 200
+        boxed = client.post("/search?k=5&box=100,20,250,200",
                             files={"image": ("street.jpg", street_path.read_bytes())}).json()
         bx0, by0, bx1, by1 = boxed["region"]
-        assert 100 <= bx0 < bx1 <= 300 and 20 <= by0 < by1 <= 220  # inside the user's region
+        assert 100 <= bx0 < bx1 <= 250 and 20 <= by0 < by1 <= 200  # inside the user's region
 
 
 # --- bad input ----------------------------------------------------------------------------------
