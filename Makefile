@@ -6,12 +6,18 @@ PORT ?= 8000
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: requirements.txt requirements-app.txt requirements-test.txt requirements-ray.txt requirements-milvus.txt
+# Two layers: the demo and the service need requirements.txt only; the tests add Ray, Milvus Lite,
+# Playwright and the rest of requirements-test.txt (about 1 GB more) on top, when they are run.
+$(VENV)/.installed-app: requirements.txt requirements-app.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-app requirements-test.txt requirements-ray.txt requirements-milvus.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-demo: $(VENV)/.installed  ## synthetic catalogue -> index -> server on localhost:$(PORT)
+demo: $(VENV)/.installed-app  ## synthetic catalogue -> index -> server on localhost:$(PORT)
 	$(PY) -m demo run --port $(PORT)
 
 test: $(VENV)/.installed

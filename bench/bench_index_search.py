@@ -37,16 +37,16 @@ def folder_size(path: Path) -> int:
 
 
 def wait_healthy(base: str, process: subprocess.Popen, timeout: float = 300) -> None:
-    import httpx
+    import httpx2
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"service exited with {process.returncode}")
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
                 return
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.5)
     raise SystemExit("service did not become healthy")
 
@@ -85,7 +85,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    import httpx
+    import httpx2
 
     from indexer.build import BuildOptions, build_index
     from indexer.catalog import discover_images
@@ -122,7 +122,7 @@ def main() -> int:
         latencies, self_first, twin_first, server_ms = [], 0, 0, {"embed_ms": [], "search_ms": []}
         # byte-identical photos of different items tie; which of the twins comes first is arbitrary
         duplicated = {item for group in manifest["duplicate_photo_groups"] for item in group}
-        with httpx.Client(timeout=60) as client:
+        with httpx2.Client(timeout=60) as client:
             client.post(f"{base}/search", files={"image": ("w.jpg", sample[0].read_bytes())})  # warm-up
             started = time.perf_counter()
             for photo in sample:

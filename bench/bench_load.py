@@ -48,7 +48,7 @@ def shopper_photos(photos: list[Path], count: int) -> list[bytes]:
     return uploads
 
 
-CLIENTS = ("lean", "httpx")
+CLIENTS = ("lean", "httpx")  # httpx: the httpx2 package, httpx's maintained successor
 
 
 async def run_load(base: str, uploads: list[bytes], total: int, concurrency: int,
@@ -64,9 +64,9 @@ async def run_load(base: str, uploads: list[bytes], total: int, concurrency: int
     failures_counted: tuple[type[BaseException], ...] = (
         OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HTTPResponseError, ValueError)
     if client == "httpx":
-        import httpx
+        import httpx2
 
-        failures_counted += (httpx.HTTPError,)
+        failures_counted += (httpx2.HTTPError,)
 
     async def worker(post) -> None:
         nonlocal issued
@@ -100,8 +100,8 @@ async def run_load(base: str, uploads: list[bytes], total: int, concurrency: int
             for connection in connections:
                 await connection.close()
     else:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as session:
+        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx2.AsyncClient(timeout=120, limits=limits) as session:
             async def httpx_post(photo: bytes) -> tuple[int, bytes]:
                 response = await session.post(f"{base}/search", params={"k": 10},
                                               files={"image": ("shopper.jpg", photo, "image/jpeg")})
@@ -170,15 +170,15 @@ def main() -> int:
 
     try:
         wait_healthy(base, service)
-        import httpx
+        import httpx2
 
-        before = httpx.get(f"{base}/readyz").json()["index_version"]
+        before = httpx2.get(f"{base}/readyz").json()["index_version"]
         latencies, statuses, versions, wall = asyncio.run(
             run_load(base, uploads, args.requests, args.concurrency, on_progress, args.client))
         if adder.ident is not None:  # started
             adder.join()
-        ready = httpx.get(f"{base}/readyz").json()
-        server_stats = httpx.get(f"{base}/stats").json()
+        ready = httpx2.get(f"{base}/readyz").json()
+        server_stats = httpx2.get(f"{base}/stats").json()
     finally:
         service.terminate()
         service.wait(timeout=60)

@@ -2,7 +2,7 @@
 
     python bench/bench_service_concurrency.py --index INDEX_DIR [--concurrency 1,8,32]
         [--requests-per-client 25] [--batch-max-size 16] [--images ../shared/data/fashion-products/images]
-        [--client lean|httpx]
+        [--client lean|httpx2]
 
 Uploads are shopper-like altered copies of catalogue photos. For each concurrency: p50/p95/p99
 latency, req/s and the mean forward-pass batch the micro-batcher formed (from /stats). The floor is
@@ -53,10 +53,10 @@ def single_image_forward_ms(model_spec: str, repeats: int = 50) -> float:
 
 def forward_passes(base: str) -> tuple[float, float]:
     """(photos embedded, forward passes) so far, from the batch-size histogram of /metrics."""
-    import httpx
+    import httpx2
 
     values = {}
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
+    for line in httpx2.get(f"{base}/metrics").text.splitlines():
         if line.startswith(("snap2shop_embed_batch_size_sum", "snap2shop_embed_batch_size_count")):
             name, value = line.split()
             values[name] = float(value)
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    import httpx
+    import httpx2
 
     from indexer.catalog import discover_images
     from indexer.store import read_manifest
@@ -103,7 +103,7 @@ def main() -> int:
             total = max(args.min_requests, concurrency * args.requests_per_client)
             latencies, statuses, _, wall = asyncio.run(run_load(base, uploads, total, concurrency, lambda done: None,
                                                                 args.client))
-            stats = httpx.get(f"{base}/stats").json()
+            stats = httpx2.get(f"{base}/stats").json()
             photos_after, passes_after = forward_passes(base)
             rows.append({"concurrency": concurrency, "requests": total, "failures": sum(v for k, v in statuses.items() if k != 200),
                          "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from PIL import Image
 
@@ -45,9 +45,9 @@ def served(tmp_path_factory):
     while time.monotonic() < deadline:
         assert process.poll() is None, (work / "service.log").read_text()
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
                 break
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.5)
     else:
         pytest.fail("service did not come up: " + (work / "service.log").read_text())
@@ -59,8 +59,8 @@ def served(tmp_path_factory):
     log.close()
 
 
-def _upload(base: str, data: bytes, name: str = "photo.jpg", k: int = 5) -> httpx.Response:
-    return httpx.post(f"{base}/search", params={"k": k}, files={"image": (name, data, "image/jpeg")}, timeout=60)
+def _upload(base: str, data: bytes, name: str = "photo.jpg", k: int = 5) -> httpx2.Response:
+    return httpx2.post(f"{base}/search", params={"k": k}, files={"image": (name, data, "image/jpeg")}, timeout=60)
 
 
 def test_unmodified_catalogue_photos_come_back_first(served):
@@ -94,14 +94,14 @@ def test_garbage_is_refused_and_server_lives(served):
     assert _upload(base, os.urandom(5000)).status_code == 400
     photo = (folder / rows[0]["path"]).read_bytes()
     assert _upload(base, photo[:500]).status_code == 400
-    assert httpx.post(f"{base}/search", files={"file": ("a.jpg", photo)}, timeout=30).status_code == 422
+    assert httpx2.post(f"{base}/search", files={"file": ("a.jpg", photo)}, timeout=30).status_code == 422
     assert process.poll() is None
     assert _upload(base, photo).json()["results"][0]["item_id"] == rows[0]["item_id"]
 
 
 def test_item_photo_is_served(served):
     base, folder, rows, _ = served
-    response = httpx.get(f"{base}/items/{rows[4]['item_id']}/image", timeout=30)
+    response = httpx2.get(f"{base}/items/{rows[4]['item_id']}/image", timeout=30)
     assert response.status_code == 200
     assert response.content == (folder / rows[4]["path"]).read_bytes()
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -136,7 +136,7 @@ def test_a_real_server_keeps_escaped_slashes_apart(odd_index, shop):
     from .live_server import serve_in_thread
 
     app = create_app(Settings(index=odd_index, device="cpu", reload_poll_s=0))
-    with serve_in_thread(app) as base, httpx.Client(base_url=base) as http:
+    with serve_in_thread(app) as base, httpx2.Client(base_url=base) as http:
         assert http.get("/items/a%2Fb%2Fimage").json()["item_id"] == "a/b/image"
         assert http.get("/items/a%2Fb%2Fimage/image").content == shop["a/b/image"].read_bytes()
         assert http.get("/items/a/b/image").content == shop["a/b"].read_bytes()

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from indexer.layout import FAISS_FILE, METADATA_FILE, resolve_version_dir
@@ -88,12 +88,12 @@ def test_healthy_start_logs_json_with_request_ids_and_the_cpu_path_once(tiny_ind
         while time.monotonic() < deadline:
             assert process.poll() is None, log_path.read_text()
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx2.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 time.sleep(0.3)
         photo = next((synthetic_catalog.parent / "images").iterdir()).read_bytes()
-        answer = httpx.post(f"{base}/search", files={"image": ("a.jpg", photo)}, headers={"X-Request-ID": "probe-1"})
+        answer = httpx2.post(f"{base}/search", files={"image": ("a.jpg", photo)}, headers={"X-Request-ID": "probe-1"})
         assert answer.status_code == 200
     finally:
         process.terminate()

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import httpx2
 import numpy as np
 import pytest
 import torch
@@ -78,8 +78,8 @@ def _other_checkpoint(path: Path, dim: int = 32) -> Path:
     return save_checkpoint(model, path)
 
 
-def _search(base: str, photo: bytes, **params) -> httpx.Response:
-    return httpx.post(f"{base}/search", params=params, files={"image": ("p.jpg", photo, "image/jpeg")}, timeout=60)
+def _search(base: str, photo: bytes, **params) -> httpx2.Response:
+    return httpx2.post(f"{base}/search", params=params, files={"image": ("p.jpg", photo, "image/jpeg")}, timeout=60)
 
 
 # --- micro-batching -------------------------------------------------------------------------------
@@ -164,14 +164,14 @@ def test_past_max_in_flight_searches_get_503_with_retry_after(tiny_index, synthe
         refused = _search(base, photo)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1" and "capacity" in refused.json()["detail"]
-        assert httpx.get(f"{base}/healthz").status_code == 200  # only searches are limited
+        assert httpx2.get(f"{base}/healthz").status_code == 200  # only searches are limited
         stalled.close()
         deadline = time.monotonic() + 10
         while capacity.in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
         assert _search(base, photo).status_code == 200
         assert app.state.services.live_numbers()["rejected"] == 1
-        assert "snap2shop_searches_rejected_total 1.0" in httpx.get(f"{base}/metrics").text
+        assert "snap2shop_searches_rejected_total 1.0" in httpx2.get(f"{base}/metrics").text
 
 
 # --- hot reload -----------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_no_request_fails_or_mixes_versions_while_the_index_is_swapped(index_cop
     stop = threading.Event()
 
     def keep_searching(worker: int) -> None:
-        with httpx.Client(timeout=60) as client:
+        with httpx2.Client(timeout=60) as client:
             i = 0
             while not stop.is_set():
                 response = client.post(f"{base}/search", files={"image": ("a.jpg", photos[(worker + i) % 4])})
@@ -217,7 +217,7 @@ def test_no_request_fails_or_mixes_versions_while_the_index_is_swapped(index_cop
             version = _build(index_copy, catalog, tiny_checkpoint).name
             items_of[version] = {r["item_id"] for r in _rows(catalog)}
             deadline = time.monotonic() + 20
-            while httpx.get(f"{base}/readyz").json()["index_version"] != version and time.monotonic() < deadline:
+            while httpx2.get(f"{base}/readyz").json()["index_version"] != version and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.3)
         stop.set()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import httpx
+import httpx2
 import pytest
 
 from .conftest import free_port
@@ -43,9 +43,9 @@ def server(tiny_index, tmp_path_factory):
         if process.poll() is not None:
             pytest.fail(log_path.read_text())
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
                 break
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.3)
     yield base
     process.terminate()
@@ -178,7 +178,7 @@ def _columns(page) -> int:
 
 
 def test_page_uses_no_external_resources(page, server):
-    html = httpx.get(server + "/").text
+    html = httpx2.get(server + "/").text
     assert "http://" not in html and "https://" not in html
     resources = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(url.startswith(server) for url in resources), resources
@@ -233,9 +233,9 @@ def adapted_server(tmp_path_factory):
         if process.poll() is not None:
             pytest.fail((work / "service.log").read_text())
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
                 break
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.3)
     yield base, images
     process.terminate()
