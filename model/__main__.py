@@ -87,7 +87,9 @@ def _add_adapt_parser(verbs) -> None:
     adapt.add_argument("--input-size", type=_positive, default=None,
                        help="catalogue-side pixels (default: the backbone's); the garment crop of a query too")
     adapt.add_argument("--query-size", type=_positive, default=defaults.query_size,
-                       help=f"pixels of the query's first pass, where the garment is found (default {defaults.query_size})")
+                       help=f"pixels of a shopper's photo where the garment is found (default {defaults.query_size})")
+    adapt.add_argument("--view-size", type=_positive, default=defaults.view_size,
+                       help=f"pixels of the training views' frames (default {defaults.view_size})")
     adapt.add_argument("--views", type=_positive, default=defaults.views,
                        help=f"synthesised shopper's views per item, catalog format (default {defaults.views})")
     adapt.add_argument("--cache", type=Path, default=None,
@@ -112,6 +114,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     config = AdaptConfig(
         data=args.data, format=args.format, out=args.out, split_csv=args.split_csv, crop=args.crop,
         backbone=args.backbone, weights=args.weights, input_size=args.input_size, query_size=args.query_size,
+        view_size=args.view_size,
         views=args.views, cache=args.cache, device=args.device, batch_size=args.batch_size,
         workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
         locate=args.locate and args.foreground, shard_rows=args.shard_rows, seed=args.seed,

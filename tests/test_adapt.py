@@ -21,7 +21,7 @@ from model.whitening import fit_whitening
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small inputs keep every pass cheap; the code paths are the ones a 224 px run takes.
-FAST = dict(input_size=64, query_size=96, views=2, dim=16, batch_size=8, workers=0, progress=False)
+FAST = dict(input_size=64, query_size=96, view_size=96, views=2, dim=16, batch_size=8, workers=0, progress=False)
 
 
 def _run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -227,7 +227,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_half_shard(tmp_path, monkeypat
 def test_adapt_resumes_from_the_shards_a_killed_run_wrote(shop, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "a.safetensors"
     args = ["adapt", "--data", str(shop), "--format", "catalog", "--out", str(out), "--cache", str(cache),
-            "--input-size", "64", "--query-size", "96", "--views", "2", "--dim", "16", "--batch-size", "4",
+            "--input-size", "64", "--query-size", "96", "--view-size", "96", "--views", "2", "--dim", "16", "--batch-size", "4",
             "--workers", "0", "--shard-rows", "4", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "model", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -219,7 +219,7 @@ def adapted_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("adapted-web")
     images = generate_catalog(work / "shop", n_items=16, photos_per_item=1, size=96, seed=3).parent / "images"
     model = work / "a.safetensors"
-    adapt(AdaptConfig(data=images, format="catalog", out=model, cache=work / "cache", input_size=64, query_size=96,
+    adapt(AdaptConfig(data=images, format="catalog", out=model, cache=work / "cache", input_size=64, query_size=96, view_size=96,
                       views=1, dim=16, batch_size=8, workers=0, progress=False))
     build_index(BuildOptions(out=work / "idx", images=images, model_spec=str(model), device="cpu", workers=0,
                              progress=False))
