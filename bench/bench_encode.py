@@ -143,7 +143,7 @@ def main() -> int:
 
     malloc_tuned = not args.no_keep_freed_memory and keep_freed_memory()
 
-    from indexer.catalog import discover_images
+    from model.catalog import discover_images
     from model import load_model
     from model.batch_size import describe_batch_size, resolve_batch_size
     from model.inference import plan_inference, resolve_device

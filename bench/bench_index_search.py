@@ -88,7 +88,7 @@ def main() -> int:
     import httpx2
 
     from indexer.build import BuildOptions, build_index
-    from indexer.catalog import discover_images
+    from model.catalog import discover_images
     from indexer.store import read_manifest
     from model.cpu_runtime import keep_freed_memory
 

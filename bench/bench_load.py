@@ -127,7 +127,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from indexer.catalog import discover_images
+    from model.catalog import discover_images
 
     photos = discover_images(args.images)
     if len(photos) < args.initial + args.added:

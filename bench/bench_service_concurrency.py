@@ -79,7 +79,7 @@ def main() -> int:
 
     import httpx2
 
-    from indexer.catalog import discover_images
+    from model.catalog import discover_images
     from indexer.store import read_manifest
 
     _, manifest = read_manifest(args.index)

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     from model import CheckpointError, WeightsUnavailableError
 
-    from .catalog import CatalogError
+    from model.catalog import CatalogError
     from .layout import IndexLayoutError
     from .store import IndexBuildError, IndexOpenError, IndexUpdateError
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from model import LoadedModel, load_model
+from model.catalog import CatalogEntry, relative_to_root
 from model.inference import resolve_device
 
-from .catalog import CatalogEntry, relative_to_root
 from .change import change_index
-from .encode import EncodingOptions
+from .encoding import EncodingOptions
 from .history import MAX_LISTED, revised_manifest
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .metadata_edit import (append_images, count_rows, duplicate_groups, photos_by_hash, photos_by_path,

@@ -12,11 +12,12 @@ import faiss
 import torch
 
 from model import DEFAULT_MODEL_SPEC, LoadedModel, load_model
+from model.catalog import CatalogEntry, image_root_for, relative_to_root
 from model.inference import resolve_device
 
 from . import __version__
-from .catalog import CatalogEntry, image_root_for, relative_to_root
-from .encode import EncodeResult, EncodingOptions
+from .encode import EncodeResult
+from .encoding import EncodingOptions
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .index_choice import AUTO
 from .layout import MANIFEST, METADATA_FILE, publish, staged_version, writer_lock

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from model import LoadedModel
-from model.batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
+from model.batch_size import AUTO, describe_batch_size, resolve_batch_size
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
 from model.cpu_runtime import yield_cpu_to_others
@@ -27,7 +27,6 @@ log = logging.getLogger("snap2shop.indexer")
 
 JPEG_DECODE_CHOICES = ("workers", "device")
 DECODE_PRIORITY_CHOICES = ("auto", "idle", "normal")
-ENGINES = ("local", "ray")
 
 
 class PhotoDataset(Dataset):
@@ -118,38 +117,6 @@ class EncodeResult:
         timings = {"images_per_s": round(len(ok) / wall, 2) if wall > 0 else 0.0} | timings
         return cls(embeddings=embeddings, ok_indices=ok, sha256=sha256, failures=sorted(failures), timings=timings,
                    batch_size=batch_size)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EncodingOptions:
-    """How `indexer build` and `indexer add` encode photos."""
-    batch_size: int | str = AUTO  # or a number: see model/batch_size.py
-    device: str = "auto"
-    precision: str = "auto"
-    compile_backend: str | None = None  # torch.compile backend; None: eager
-    jpeg_decode: str = "workers"  # or "device": see encode_paths
-    decode_priority: str = "auto"  # or "idle", "normal": see encode_paths
-    workers: int | None = None
-    progress: bool = True
-    engine: str = "local"  # or "ray": see ray_engine.encode_paths_on_ray
-    ray_address: str | None = None
-    ray_actors: int | None = None
-
-    def __post_init__(self) -> None:
-        parse_batch_size(self.batch_size, "--batch-size")  # a bad value fails before the model loads
-
-    def encode(self, paths: Sequence[Path], loaded: LoadedModel, device: torch.device) -> "EncodeResult":
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.engine == "ray":
-            from .ray_engine import encode_paths_on_ray
-
-            return encode_paths_on_ray(paths, loaded, batch_size=self.batch_size, device=self.device,
-                                       precision=self.precision, address=self.ray_address,
-                                       actors=self.ray_actors, progress=self.progress)
-        return encode_paths(paths, loaded, batch_size=self.batch_size, device=device, workers=self.workers,
-                            progress=self.progress, plan=plan_inference(device, self.precision, self.compile_backend),
-                            jpeg_decode=self.jpeg_decode, decode_priority=self.decode_priority)
 
 
 def _decoder_yielding_to_model(_worker_id: int) -> None:

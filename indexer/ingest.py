@@ -4,13 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .catalog import CatalogEntry, entries_from_csv, entries_from_folder
+from model.catalog import CatalogEntry, entries_from_csv, entries_from_folder
+from model.preprocessing import IMAGE_SUFFIXES
+
 from .store import IndexBuildError
 
 if TYPE_CHECKING:  # the encoder imports torch; this module is also used before any encoding
     from .encode import EncodeResult
 
-_SUFFIXES_SHOWN = ", ".join((".jpg", ".jpeg", ".png", ".webp", ".bmp"))
+_SUFFIXES_SHOWN = ", ".join(IMAGE_SUFFIXES)  # the one list the reader accepts
 
 
 def read_entries(images: Path | None, catalog: Path | None) -> list[CatalogEntry]:

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from indexer.catalog import CatalogError, entries_from_csv, entries_from_folder
+from .catalog import CatalogError, entries_from_csv, entries_from_folder
 
 log = logging.getLogger(__name__)
 
@@ -368,11 +368,9 @@ def read_catalog(source: Path, split_csv: Path | None = None, images_root: Path 
         entries = entries_from_folder(source) if is_folder else entries_from_csv(source, images_root)
     except CatalogError as exc:
         raise DataFormatError(str(exc)) from exc  # callers catch one error type for all formats
-    # entries_from_csv keeps row order but not line numbers; recover them to word errors.
-    lines = [""] * len(entries) if is_folder else [f":{n}" for n in _csv_data_lines(source)]
     photos = _PhotoSet()
-    for entry, line in zip(entries, lines, strict=True):
-        where = f"{source}{line}"
+    for entry in entries:
+        where = f"{source}:{entry.line}" if entry.line is not None else str(source)
         photos.add(Photo(Path(entry.path), entry.item_id, "shop", _split_for(entry.item_id, split_map),
                          entry.attributes.get("category", "")), where)
     if not is_folder:
@@ -380,17 +378,6 @@ def read_catalog(source: Path, split_csv: Path | None = None, images_root: Path 
     if not photos.photos:
         raise DataFormatError(f"{source}: the catalogue lists no photos")
     return photos.result()
-
-
-def _csv_data_lines(csv_path: Path) -> list[int]:
-    """Physical line of each data row, counting rows the way csv.DictReader does."""
-    lines = []
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        for n, row in enumerate(reader):
-            if n > 0 and row:  # DictReader skips the header and empty rows
-                lines.append(reader.line_num)
-    return lines
 
 
 def read_data(fmt: str, path: Path, split_csv: Path | None = None, crop: bool = True) -> RetrievalData:

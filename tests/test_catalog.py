@@ -1,4 +1,4 @@
-"""Behavioural tests for the indexer's reader stage (indexer/catalog.py)."""
+"""Behavioural tests for the indexer's reader stage (model/catalog.py)."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.catalog import (CatalogError, discover_images, entries_from_csv, entries_from_folder,
+from model.catalog import (CatalogError, discover_images, entries_from_csv, entries_from_folder,
                              image_root_for, relative_to_root)
 
 
@@ -301,3 +301,21 @@ def test_csv_errors_name_the_physical_line(tmp_path):
     latin1.write_bytes("path,item_id,title\na.jpg,1,ok\nb.jpg,2,caf\xe9\n".encode("latin-1"))
     with pytest.raises(CatalogError, match=r"l\.csv:3: not UTF-8"):
         entries_from_csv(latin1)
+
+
+def test_no_photos_message_names_every_suffix_the_reader_accepts(tmp_path):
+    from indexer.ingest import read_entries
+    from indexer.store import IndexBuildError
+    from model.preprocessing import IMAGE_SUFFIXES
+
+    (tmp_path / "notes.txt").write_text("no photos here")
+    with pytest.raises(IndexBuildError) as info:
+        read_entries(tmp_path, None)
+    assert all(suffix in str(info.value) for suffix in IMAGE_SUFFIXES) and ".heic" in str(info.value)
+
+
+def test_csv_entries_carry_their_physical_line(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    csv_path = tmp_path / "catalog.csv"
+    csv_path.write_text('path,item_id,title\na.jpg,1,"two\nlines"\n\na.jpg,2,plain\n')
+    assert [e.line for e in entries_from_csv(csv_path)] == [3, 5]

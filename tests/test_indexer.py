@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from indexer import encode as encode_module
+from indexer import encoding as encoding_module
 from indexer.__main__ import main
 from indexer.build import BuildOptions, build_index
 from indexer.encode import encode_paths
@@ -327,7 +328,7 @@ def test_invalid_factory_fails_before_encoding(tmp_path, tiny_checkpoint, small_
     def must_not_encode(*args, **kwargs):
         raise AssertionError("encode_paths ran although the factory string is invalid")
 
-    monkeypatch.setattr(encode_module, "encode_paths", must_not_encode)
+    monkeypatch.setattr(encoding_module, "encode_paths", must_not_encode)
     started = time.perf_counter()
     with pytest.raises(IndexBuildError) as info:
         _build(out, tiny_checkpoint, images=small_folder, index_factory="NotAnIndex")

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from indexer import encode as encode_module
+from indexer import encoding as encoding_module
 from indexer.__main__ import main
 from indexer.add import AddOptions, add_photos
 from indexer.encode import encode_paths
@@ -172,13 +172,13 @@ def test_photos_already_indexed_are_not_encoded_again(idx, synthetic_catalog, tm
     _photo(folder / "fresh.jpg", seed=40)
     shutil.copy(folder / "fresh.jpg", folder / "fresh-copy.jpg")  # the same bytes twice in one add
     encoded_paths = []
-    real_encode = encode_module.encode_paths
+    real_encode = encoding_module.encode_paths
 
     def recording_encode(paths, *args, **kwargs):
         encoded_paths.extend(paths)
         return real_encode(paths, *args, **kwargs)
 
-    monkeypatch.setattr(encode_module, "encode_paths", recording_encode)
+    monkeypatch.setattr(encoding_module, "encode_paths", recording_encode)
     result = _add(idx, images=folder)
 
     # Photos are taken in name order: "fresh-copy.jpg" comes first and is the one encoded.

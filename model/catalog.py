@@ -1,4 +1,6 @@
-"""Reader stage: which photos make up the catalogue, and which item each one shows."""
+"""Reader stage: which photos make up the catalogue, and which item each one shows.
+
+In model/ because both the indexer and training (model/data.py, catalog format) read catalogues."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.preprocessing import IMAGE_SUFFIXES
+from .preprocessing import IMAGE_SUFFIXES
 
 
 class CatalogError(ValueError):
@@ -18,6 +20,7 @@ class CatalogEntry:
     path: Path  # absolute
     item_id: str
     attributes: dict[str, str] = field(default_factory=dict)
+    line: int | None = field(default=None, compare=False)  # its CSV row's physical line, for messages
 
 
 def discover_images(root: str | Path) -> list[Path]:
@@ -72,7 +75,7 @@ def entries_from_csv(csv_path: str | Path, images_root: str | Path | None = None
                 path = Path(row.pop("path"))
                 item_id = row.pop("item_id")
                 entries.append(CatalogEntry(path=(base / path).resolve(), item_id=item_id,
-                                            attributes={k: v for k, v in row.items() if k}))
+                                            attributes={k: v for k, v in row.items() if k}, line=line_no))
     except UnicodeDecodeError as exc:
         raise CatalogError(f"{csv_path}:{_first_non_utf8_line(csv_path)}: not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
