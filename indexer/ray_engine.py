@@ -76,7 +76,7 @@ def _decode_batch(batch: dict, preprocessing: dict) -> dict:
     return {"index": batch["index"], "pixels": pixels, "ok": ok, "note": np.array(notes, dtype=object)}
 
 
-class _Embedder:
+class _EncodingActor:
     """Ray actor: loads the model once, then embeds decoded batches."""
 
     def __init__(self, spec: str, checksum: str, device: str, precision: str) -> None:
@@ -159,7 +159,7 @@ def _encode(ray, paths, loaded: LoadedModel, batch_size: int | str, device: str,
     decoded = rows.map_batches(_decode_batch, fn_kwargs={"preprocessing": prep.to_dict()}, batch_size=batch_size,
                                num_cpus=DECODE_TASK_CPUS, batch_format="numpy")
     embedded = decoded.map_batches(
-        _Embedder, fn_constructor_kwargs={"spec": loaded.spec, "checksum": loaded.checksum,
+        _EncodingActor, fn_constructor_kwargs={"spec": loaded.spec, "checksum": loaded.checksum,
                                           "device": actor_device, "precision": precision},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=EMBED_ACTOR_CPUS, num_gpus=1 if use_gpu else 0)

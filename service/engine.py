@@ -7,22 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from indexer.store import OpenedIndex, open_index
 from indexer.vector_store import StoreConfig
-from model import LoadedModel, Preprocessing, build_transform, load_image, load_model
-from model.garment_crop import crop_source_size
-from model.inference import InferencePlan, embed_query_batch, plan_inference, prepare_model, resolve_device
-from model.preprocessing import Box, crop_to_box, fit_inside_size, load_input_image
+from model import LoadedModel, Preprocessing, load_model
+from model.inference import PhotoEncoder, plan_inference, resolve_device
+from model.preprocessing import Box
 
 log = logging.getLogger("snap2shop.service")
-
-
-# Test-time augmentation of uploads: "flip" also embeds the mirrored photo and averages the two;
-# "auto" flips for adapted models (measured: +0.01 to +0.04 top-1 for twice the forward passes) and
-# not for the zero-shot one, where it measured no gain.
-TTA_MODES = ("auto", "none", "flip")
 
 
 class IncompatibleIndexError(RuntimeError):
@@ -92,105 +84,6 @@ class SearchHit:
     attributes: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class QueryFrame:
-    """Where a query's letterboxed input lies in the uploaded photo, to map a garment box back.
-
-    `region` is the part of the upright photo that was searched (the whole photo, or the user's box),
-    in the photo's own pixels; `content` is where that region sits in the size x size input frame."""
-
-    region: tuple[float, float, float, float]
-    content: tuple[int, int, int, int]  # left, top, width, height in frame pixels
-    size: int
-
-    @classmethod
-    def of(cls, region: tuple[float, float, float, float], content_size: tuple[int, int], size: int) -> "QueryFrame":
-        width, height = content_size
-        return cls(region, ((size - width) // 2, (size - height) // 2, width, height), size)
-
-    def to_photo(self, box) -> list[int]:
-        """(4,) box in frame units (0..1, may pass the edges) -> [x0, y0, x1, y1] photo pixels, clipped."""
-        rx0, ry0, rx1, ry1 = self.region
-        left, top, width, height = self.content
-        out = []
-        for i, value in enumerate(box):
-            pixel = float(value) * self.size
-            if i % 2 == 0:
-                out.append(min(rx1, max(rx0, rx0 + (pixel - left) / width * (rx1 - rx0))))
-            else:
-                out.append(min(ry1, max(ry0, ry0 + (pixel - top) / height * (ry1 - ry0))))
-        return [round(v) for v in out]
-
-
-class PhotoEncoder:
-    """A loaded model and how it runs: photo bytes -> query input tensor -> unit vector.
-
-    Uploads are shoppers' photos: they get the model's query-side preprocessing and, for an adapted
-    model, its query-side head (garment crop included). Kept apart from the index so a hot reload of
-    a catalogue built with the same weights reuses it.
-    """
-
-    def __init__(self, model: LoadedModel, plan: InferencePlan, tta: str = "auto") -> None:
-        if tta not in TTA_MODES:
-            raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, got {tta!r}")
-        self.model = model
-        self.plan = plan
-        self.tta_setting = tta
-        self.tta = ("flip" if model.model.has_query_head else "none") if tta == "auto" else tta
-        self.net = prepare_model(model.model, plan)
-        self.preprocessing = model.config.preprocessing          # the catalogue's
-        self.query_preprocessing = model.config.query_prep
-        self._transform = build_transform(self.query_preprocessing)
-
-    @property
-    def checksum(self) -> str:
-        return self.model.checksum
-
-    def decode(self, image_bytes: bytes, box: Box | None = None):
-        """Decode, crop to `box` if given and preprocess one upload into a (3, H, W) tensor.
-
-        Raises ImageDecodeError for bad bytes and BoxError for a box outside the photo.
-        """
-        return self.decode_query(image_bytes, box)[0]
-
-    def decode_query(self, image_bytes: bytes, box: Box | None = None):
-        """(tensor, QueryFrame, photo): the input tensor, where it lies in the photo, and the decoded
-        photo the garment crop is taken from (None for a model that does not locate the garment)."""
-        crop_size = crop_source_size(self.preprocessing) if self.locates_garments else None
-        if box is None:
-            # A model that crops the garment out of the photo decodes it at the crop's resolution
-            # (JPEG draft scaling stops there), not just the query's.
-            img = load_image(image_bytes, target_size=max(self.query_preprocessing.input_size, crop_size or 0),
-                             fit="contain") if crop_size else load_input_image(image_bytes, self.query_preprocessing)
-            width, height = img.info.get("source_size", img.size)
-            region = (0.0, 0.0, float(width), float(height))
-        else:
-            # Full-resolution decode: box coordinates are in the photo's own (upright) pixels, and
-            # a small box needs all of them.
-            img = crop_to_box(load_image(image_bytes), box)
-            region = (float(round(box.x0)), float(round(box.y0)), float(round(box.x1)), float(round(box.y1)))
-        if crop_size and max(img.size) > crop_size:  # what waits in the batcher's queue stays small
-            img = img.resize(fit_inside_size(img.width, img.height, crop_size), Image.BILINEAR, reducing_gap=3.0)
-        size = self.query_preprocessing.input_size
-        frame = QueryFrame.of(region, fit_inside_size(img.width, img.height, size), size)
-        return self._transform(img), frame, (img if crop_size else None)
-
-    @property
-    def locates_garments(self) -> bool:
-        return self.model.model.locates_garments
-
-    def embed(self, batch) -> np.ndarray:
-        """(B, 3, H, W) query tensors -> (B, D) float32 unit vectors, or (B, S, D) for a model that
-        sees a query at S scales (each searched, the best kept)."""
-        return self.embed_queries(batch)[0]
-
-    def embed_queries(self, batch, photos=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(B, 3, H, W) query tensors -> ((B, D) unit vectors, (B, 4) garment boxes in frame units or None).
-
-        `photos`: decode_query's photos, one per tensor, to crop a located garment from."""
-        return embed_query_batch(self.net, batch, self.plan, flip=self.tta == "flip", photos=photos)
-
-
 class SearchEngine:
     def __init__(self, index: OpenedIndex, embedder: PhotoEncoder, image_root: Path | None = None) -> None:
         self.index = index
@@ -251,9 +144,10 @@ class SearchEngine:
         """One upload, start to end, in the calling thread (the service batches instead)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        tensor = self.embedder.decode(image_bytes, box)
+        tensor, _, photo = self.embedder.decode_query(image_bytes, box)
         t1 = time.perf_counter()
-        query = self.embedder.embed(tensor.unsqueeze(0))
+        # the route's steps without its batcher: the same query tensor, photo crop and TTA
+        query, _ = self.embedder.embed_queries(tensor.unsqueeze(0), None if photo is None else [photo])
         timings |= {"decode_ms": (t1 - t0) * 1e3, "embed_ms": (time.perf_counter() - t1) * 1e3}
         hits = self.search_vector(query, k, category=category, timings=timings)
         return hits, timings

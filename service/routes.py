@@ -5,7 +5,7 @@ import time
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 import anyio
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -14,30 +14,11 @@ from pydantic import BaseModel, ConfigDict
 from model import ImageDecodeError
 from model.preprocessing import SUPPORTED_FORMAT_NAMES, Box, BoxError
 
-from .engine import IMAGE_ROOT_FIX, SearchEngine, SearchHit
-from .runtime import Services
-from .settings import Settings
+from .deps import EngineDep, ServicesDep, SettingsDep
+from .engine import IMAGE_ROOT_FIX, SearchHit
 from .uploads import read_photo_upload
 
 router = APIRouter()
-
-
-def get_services(request: Request) -> Services:
-    return request.app.state.services
-
-
-def get_engine(request: Request) -> SearchEngine:
-    """The engine current when the request starts; it stays this request's even across a reload."""
-    return request.app.state.services.holder.engine
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
-EngineDep = Annotated[SearchEngine, Depends(get_engine)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class SearchResult(BaseModel):

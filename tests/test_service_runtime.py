@@ -26,7 +26,7 @@ from model import build_from_backbone, load_model, save_checkpoint
 from model.inference import plan_inference
 from service.app import create_app
 from service.batching import MicroBatcher
-from service.engine import PhotoEncoder as Embedder
+from model.inference import PhotoEncoder
 from service.settings import Settings
 
 from .conftest import TINY_PREP
@@ -85,8 +85,8 @@ def _search(base: str, photo: bytes, **params) -> httpx2.Response:
 # --- micro-batching -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def embedder(tiny_checkpoint) -> Embedder:
-    return Embedder(load_model(str(tiny_checkpoint)), plan_inference(torch.device("cpu")))
+def embedder(tiny_checkpoint) -> PhotoEncoder:
+    return PhotoEncoder(load_model(str(tiny_checkpoint)), plan_inference(torch.device("cpu")))
 
 
 def test_concurrent_embeds_share_forward_passes_and_match_single_ones(embedder, synthetic_catalog):
@@ -110,7 +110,7 @@ def test_concurrent_embeds_share_forward_passes_and_match_single_ones(embedder, 
 
 
 def test_jobs_of_two_models_are_never_batched_together(embedder, synthetic_catalog, tmp_path):
-    other = Embedder(load_model(str(_other_checkpoint(tmp_path / "other.safetensors"))),
+    other = PhotoEncoder(load_model(str(_other_checkpoint(tmp_path / "other.safetensors"))),
                      plan_inference(torch.device("cpu")))
     tensor = embedder.decode(_photo(synthetic_catalog, _rows(synthetic_catalog)[0]))
     batcher = MicroBatcher(max_size=16, max_wait_ms=50)
