@@ -428,3 +428,24 @@ def test_real_shopper_photos_of_a_pairs_csv_are_adapted_on(shop, tmp_path):
     report = json.loads(out.with_name("p.adapt.json").read_text())
     assert report["views"] == 15 and report["train_items"] == 15 and report["views_per_item"] is None
     assert load_model(str(out)).model.has_query_head
+
+
+def test_evaluation_embeds_adapted_queries_as_the_service_does(adapted, shop):
+    """model evaluate's query side (embed_views, query=True) crops the garment out of each rendered
+    view, through the DataLoader, exactly as embed_query_batch does with the decoded photos."""
+    from model import load_model
+    from model.data import read_data
+    from model.inference import embed_query_batch, plan_inference
+    from model.preprocessing import build_transform
+    from model.synthesis import ConsumerViewSynthesizer
+    from model.views import View, embed_views, render_view
+
+    loaded = load_model(str(adapted))
+    plan = plan_inference(torch.device("cpu"))
+    views = [View(photo, synth_seed=seed) for seed, photo in enumerate(read_data("catalog", shop).shop()[:5])]
+    synth = ConsumerViewSynthesizer()
+    got = embed_views(loaded.model, plan, views, loaded.config.query_prep, synth, batch_size=2, workers=1, query=True)
+    photos = [render_view(v, synth) for v in views]
+    tensors = torch.stack([build_transform(loaded.config.query_prep)(p) for p in photos])
+    expected, _ = embed_query_batch(loaded.model, tensors, plan, photos=photos)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
