@@ -89,7 +89,7 @@ def main() -> int:
 
     from indexer.build import BuildOptions, build_index
     from model.catalog import discover_images
-    from indexer.store import read_manifest
+    from indexer.manifest import read_manifest
     from model.cpu_runtime import keep_freed_memory
 
     keep_freed_memory()  # as `python -m indexer build` does

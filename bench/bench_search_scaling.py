@@ -82,7 +82,7 @@ def shopper_queries(catalogue: np.ndarray, count: int, rng: np.random.Generator)
 
 
 def factories_for(size: int, dim: int, hnsw_max_cells: float) -> list[str]:
-    from indexer.index_choice import ivf_lists
+    from indexer.stores.index_choice import ivf_lists
 
     nlist = ivf_lists(size)
     pq_m = dim // 4 if dim <= 256 else dim // 8  # fast-scan 4-bit codes, re-ranked exactly
@@ -111,8 +111,8 @@ def set_knob(index, factory: str, value) -> str:
         return f"efSearch={value}"
     ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.downcast_index(ivf.quantizer)
-    if hasattr(quantizer, "hnsw"):  # as indexer.index_choice sets it: look wider than nprobe
-        from indexer.index_choice import QUANTIZER_EF_SEARCH
+    if hasattr(quantizer, "hnsw"):  # as indexer.stores.index_choice sets it: look wider than nprobe
+        from indexer.stores.index_choice import QUANTIZER_EF_SEARCH
 
         quantizer.hnsw.efSearch = max(QUANTIZER_EF_SEARCH, 2 * (value[0] if isinstance(value, tuple) else value))
     if isinstance(value, tuple):
@@ -143,7 +143,7 @@ def bench_factory(factory: str, catalogue: np.ndarray, queries: np.ndarray, trut
                   target: float) -> dict:
     import faiss
 
-    from indexer.store import build_faiss_index
+    from indexer.stores.faiss import build_faiss_index
 
     t0 = time.perf_counter()
     index = build_faiss_index(catalogue, factory)  # as `indexer build` does it: k-means on a sample

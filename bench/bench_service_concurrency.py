@@ -80,7 +80,7 @@ def main() -> int:
     import httpx2
 
     from model.catalog import discover_images
-    from indexer.store import read_manifest
+    from indexer.manifest import read_manifest
 
     _, manifest = read_manifest(args.index)
     # This machine's speed drifts by several percent over minutes: the floor is measured before the

@@ -59,7 +59,7 @@ def run_build(folder: Path, out: Path, engine: str, store: list[str], workers: i
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"build {engine}/{store} failed:\n{done.stderr[-3000:]}")
-    from indexer.store import read_manifest
+    from indexer.manifest import read_manifest
 
     _, manifest = read_manifest(out)
     timings = manifest["timings"]
@@ -134,8 +134,8 @@ def bench_builds(args, work: Path) -> tuple[dict, np.ndarray]:
 
 
 def bench_scale(args, real: np.ndarray, work: Path) -> dict:
-    from indexer.index_choice import IndexChoice, ivf_lists
-    from indexer.vector_store import StoreConfig, build_store
+    from indexer.stores.index_choice import IndexChoice, ivf_lists
+    from indexer.stores import StoreConfig, build_store
 
     rng = np.random.default_rng(0)
     catalogue = synthetic_catalogue(real, args.scale, rng)
@@ -157,7 +157,7 @@ def bench_scale(args, real: np.ndarray, work: Path) -> dict:
             write_s = time.perf_counter() - started
             if kind == "milvus":
                 store.close()
-                from indexer.vector_store import open_store
+                from indexer.stores import open_store
 
                 store = open_store(staging, {"store": json.loads((staging / "store.json").read_text())},
                                    ids_where=None)

@@ -110,7 +110,7 @@ def _add_store_options(parser: argparse.ArgumentParser, building: bool = False) 
 
 
 def _store_override(args: argparse.Namespace):
-    from .vector_store import StoreConfig
+    from .stores import StoreConfig
 
     return StoreConfig.override_from(args.store, args.milvus_uri, args.collection)
 
@@ -142,7 +142,7 @@ def _add_encoding_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import BuildOptions, build_index
-    from .vector_store import StoreConfig
+    from .stores import StoreConfig
 
     if not args.images and not args.catalog:
         raise SystemExit("error: give --images DIR, --catalog CSV, or both")
@@ -155,7 +155,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         ray_address=args.ray_address, ray_actors=args.ray_actors,
         workers=args.workers, progress=not args.quiet, features=args.features,
     ))
-    from .store import read_manifest
+    from .manifest import read_manifest
 
     _, manifest = read_manifest(version)
     counts, timings = manifest["counts"], manifest["timings"]
@@ -206,7 +206,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     from .remove import read_item_ids_file, remove_items
-    from .store import IndexUpdateError
+    from .errors import IndexUpdateError
 
     item_ids = list(args.item_ids) + (read_item_ids_file(args.item_ids_file) if args.item_ids_file else [])
     if not item_ids:
@@ -221,7 +221,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .store import read_manifest
+    from .manifest import read_manifest
     from .verify import verify_index
 
     version_dir, manifest = read_manifest(args.index)
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.catalog import CatalogError
     from .layout import IndexLayoutError
-    from .store import IndexBuildError, IndexOpenError, IndexUpdateError
+    from .errors import IndexBuildError, IndexOpenError, IndexUpdateError
 
     verbs = {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "verify": cmd_verify, "info": cmd_info}
     try:

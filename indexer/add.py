@@ -25,8 +25,10 @@ from .history import MAX_LISTED, revised_manifest
 from .ingest import read_entries, require_some_usable, skipped_photos
 from .metadata_edit import (append_images, count_rows, duplicate_groups, photos_by_hash, photos_by_path,
                             stored_categories)
-from .store import ImageRow, IndexUpdateError, OpenedIndex
-from .vector_store import StoreConfig
+from .errors import IndexUpdateError
+from .metadata import ImageRow
+from .store import OpenedIndex
+from .stores import StoreConfig
 
 log = logging.getLogger("snap2shop.indexer")
 

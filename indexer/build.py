@@ -19,12 +19,13 @@ from . import __version__
 from .encode import EncodeResult
 from .encoding import EncodingOptions
 from .ingest import read_entries, require_some_usable, skipped_photos
-from .index_choice import AUTO
+from .stores.index_choice import AUTO
 from .layout import MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
 from .feature_reuse import encode_from_cached_maps, feature_cache_for
-from .store import INDEX_FORMAT, ImageRow, cross_item_duplicates, format_version_for, write_manifest, write_metadata
-from .vector_store import (StoreConfig, build_store, categories_of, check_index_request, check_reachable,
-                           index_choice_for, release_folder_store)
+from .manifest import INDEX_FORMAT, format_version_for, write_manifest
+from .metadata import ImageRow, cross_item_duplicates, write_metadata
+from .stores import (StoreConfig, build_store, categories_of, check_index_request, check_reachable,
+                     index_choice_for, release_folder_store)
 
 log = logging.getLogger("snap2shop.indexer")
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from .layout import MANIFEST, METADATA_FILE, Retire, publish, require_index_folder, staged_version, writer_lock
 from .metadata_edit import copy_for_edit, finish
-from .store import OpenedIndex, open_index, write_manifest
-from .vector_store import StoreConfig, VectorStore, release_folder_store
+from .manifest import write_manifest
+from .store import OpenedIndex, open_index
+from .stores import StoreConfig, VectorStore, release_folder_store
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from model.catalog import CatalogEntry, entries_from_csv, entries_from_folder
 from model.preprocessing import IMAGE_SUFFIXES
 
-from .store import IndexBuildError
+from .errors import IndexBuildError
 
 if TYPE_CHECKING:  # the encoder imports torch; this module is also used before any encoding
     from .encode import EncodeResult

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .store import ImageRow, cross_item_duplicates
+from .metadata import ImageRow, cross_item_duplicates
 
 
 def copy_for_edit(live_metadata: Path, staged_metadata: Path) -> sqlite3.Connection:

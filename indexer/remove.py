@@ -14,8 +14,8 @@ from typing import Sequence
 from .change import change_index
 from .history import MAX_LISTED, revised_manifest
 from .metadata_edit import count_rows, delete_items, duplicate_groups, existing_items, kept_vector_ids
-from .store import IndexUpdateError
-from .vector_store import StoreConfig
+from .errors import IndexUpdateError
+from .stores import StoreConfig
 
 
 @dataclass

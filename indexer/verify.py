@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .layout import METADATA_FILE
-from .store import IndexOpenError, read_manifest
-from .vector_store import StoreConfig, VectorStore, open_store
-from .vectors import in_chunks
+from .errors import IndexOpenError
+from .manifest import read_manifest
+from .stores import StoreConfig, VectorStore, open_store
+from .stores.faiss_vectors import in_chunks
 
 DEEP_SAMPLE = 20
 MAX_EXAMPLES = 10  # per kind of problem; the counts are always complete

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from model import CheckpointError, WeightsUnavailableError
 
     from indexer.layout import IndexLayoutError
-    from indexer.store import IndexOpenError
+    from indexer.errors import IndexOpenError
 
     from model.cpu_runtime import keep_freed_memory, single_threaded_torch
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.store import OpenedIndex, open_index
-from indexer.vector_store import StoreConfig
+from indexer.stores import StoreConfig
 from model import LoadedModel, Preprocessing, load_model
 from model.inference import PhotoEncoder, plan_inference, resolve_device
 from model.preprocessing import Box

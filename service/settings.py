@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from indexer.vector_store import StoreConfig
+    from indexer.stores import StoreConfig
 
 ENV_PREFIX = "SNAP2SHOP_"
 
@@ -94,7 +94,7 @@ class Settings:
             raise ValueError("admin_token must be at least 16 characters (or empty to disable /admin)")
 
     def store_override(self) -> "StoreConfig | None":
-        from indexer.vector_store import StoreConfig
+        from indexer.stores import StoreConfig
 
         if not (self.store or self.milvus_uri or self.collection):
             return None

@@ -11,7 +11,7 @@ import torch
 
 from model import load_model
 from model.inference import embed_batch, plan_inference, prepare_model
-from indexer import faiss_placement as placement
+from indexer.stores import faiss_placement as placement
 from service.engine import SearchEngine
 
 

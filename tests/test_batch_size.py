@@ -156,7 +156,7 @@ def _photos(folder: Path, count: int) -> Path:
 
 def _build(out: Path, images: Path, checkpoint: Path, **options) -> dict:
     from indexer.build import BuildOptions, build_index
-    from indexer.store import read_manifest
+    from indexer.manifest import read_manifest
 
     build_index(BuildOptions(out=out, images=images, model_spec=str(checkpoint), device="cpu", workers=0,
                              progress=False, **options))

@@ -305,7 +305,7 @@ def test_csv_errors_name_the_physical_line(tmp_path):
 
 def test_no_photos_message_names_every_suffix_the_reader_accepts(tmp_path):
     from indexer.ingest import read_entries
-    from indexer.store import IndexBuildError
+    from indexer.errors import IndexBuildError
     from model.preprocessing import IMAGE_SUFFIXES
 
     (tmp_path / "notes.txt").write_text("no photos here")

@@ -136,7 +136,7 @@ def test_a_compiled_model_embeds_like_the_eager_one(tiny_checkpoint, mixed_folde
 
 def test_the_indexer_cli_takes_both_options(tmp_path, tiny_checkpoint, mixed_folder):
     from indexer.__main__ import main
-    from indexer.store import read_manifest
+    from indexer.manifest import read_manifest
 
     out = tmp_path / "idx"
     assert main(["build", "--images", str(mixed_folder[0].parent), "--out", str(out), "--model", str(tiny_checkpoint),

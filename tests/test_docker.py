@@ -176,7 +176,7 @@ def test_weights_bake_step_names_real_backbones():
 
 
 def test_milvus_profiles_run_milvus_standalone_and_a_search_service_that_reaches_it():
-    from indexer.vector_store import StoreConfig
+    from indexer.stores import StoreConfig
 
     infra = ("milvus", "milvus-etcd", "milvus-minio")
     for name in infra:

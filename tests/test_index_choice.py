@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.index_choice import (AUTO, EXACT_SEARCH_MAX_VALUES, MIN_POINTS_PER_LIST, apply_search_defaults,
-                                  choose_index, ivf_lists)
-from indexer.store import build_faiss_index
+from indexer.stores.index_choice import (AUTO, EXACT_SEARCH_MAX_VALUES, MIN_POINTS_PER_LIST,
+                                         apply_search_defaults, choose_index, ivf_lists)
+from indexer.stores.faiss import build_faiss_index
 
 
 @pytest.mark.parametrize("n", [1, 100, 10_000, 100_000, 1_000_000, 50_000_000])
@@ -54,7 +54,7 @@ def test_nprobe_travels_inside_the_index_file(tmp_path):
 def test_an_hnsw_quantizer_looks_wider_than_nprobe_after_a_reload(tmp_path):
     import faiss
 
-    from indexer.index_choice import QUANTIZER_EF_SEARCH, IndexChoice
+    from indexer.stores.index_choice import QUANTIZER_EF_SEARCH, IndexChoice
 
     vectors = np.random.default_rng(1).standard_normal((3000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

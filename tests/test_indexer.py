@@ -24,7 +24,9 @@ from indexer.build import BuildOptions, build_index
 from indexer.encode import encode_paths
 from indexer.layout import (CURRENT, FAISS_FILE, MANIFEST, METADATA_FILE, IndexLayoutError,
                             resolve_version_dir, writer_lock)
-from indexer.store import INDEX_FORMAT, INDEX_FORMAT_VERSION, IndexBuildError, IndexOpenError, open_index
+from indexer.errors import IndexBuildError, IndexOpenError
+from indexer.manifest import INDEX_FORMAT, INDEX_FORMAT_VERSION
+from indexer.store import open_index
 from model import load_model, read_checkpoint_config
 
 from .conftest import edit_manifest

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer import faiss_store as faiss_store_module
+from indexer.stores import faiss as faiss_store_module
 from indexer.__main__ import main
 from indexer.add import AddOptions, add_photos
 from indexer.layout import CURRENT, resolve_version_dir

@@ -14,7 +14,7 @@ from indexer.encode import encode_paths
 from indexer.layout import CURRENT, IndexLayoutError, resolve_version_dir
 from indexer.remove import read_item_ids_file, remove_items
 from indexer.store import open_index
-from indexer.vectors import enable_reconstruction
+from indexer.stores.faiss_vectors import enable_reconstruction
 from indexer.verify import verify_index
 from model import load_model
 

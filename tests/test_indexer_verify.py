@@ -8,7 +8,7 @@ import pytest
 
 from indexer.layout import FAISS_FILE, METADATA_FILE, resolve_version_dir
 from indexer.remove import remove_items
-from indexer.store import IndexBuildError, IndexUpdateError
+from indexer.errors import IndexBuildError, IndexUpdateError
 from indexer.verify import verify_index
 
 from .conftest import edit_manifest

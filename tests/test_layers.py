@@ -1,11 +1,14 @@
-"""The import structure the README's Layout promises: model/ is the lowest layer of the product, so
-no module of it imports indexer/ or service/ (read from the source with ast, nothing is run)."""
+"""The import structure the README's Layout promises, read from the source with ast (nothing is run):
+model/ is the lowest layer of the product, so no module of it imports indexer/ or service/, and no
+module of the product reaches itself again through its imports (no import loops), counting imports
+inside functions too."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("model", "indexer", "service", "demo")
 
 
 def _imported_packages(path: Path) -> set[str]:
@@ -29,3 +32,73 @@ def test_the_reader_finds_its_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    from indexer.store import open_index\n    import service.app\n")
     assert _imported_packages(module) == {"os", "indexer", "service"}
+
+
+def _module_graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
+    """module name -> the product modules it imports (a `from pkg import name` of a submodule counts)."""
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for pkg in packages for p in (root / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                edges.add(base)
+                edges.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {e for e in edges if e in files and e != name}
+    return graph
+
+
+def _loops(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_loops_in_the_product():
+    assert _loops(_module_graph(ROOT)) == []
+
+
+def test_the_loop_check_finds_a_loop_through_a_function_level_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from ..c import g\n")
+    (pkg / "c.py").write_text("from pkg import a\n")
+    (pkg / "d.py").write_text("from . import c\n")
+    assert _loops(_module_graph(tmp_path, ("pkg",))) == [["pkg.a", "pkg.c", "pkg.sub.b"]]

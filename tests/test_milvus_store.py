@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from indexer.__main__ import main
 from indexer.layout import resolve_version_dir
-from indexer.milvus_store import connect, disconnect
+from indexer.stores.milvus import connect, disconnect
 from indexer.store import open_index
 from indexer.verify import verify_index
 from service.app import create_app
@@ -153,7 +153,7 @@ def test_the_service_searches_and_filters_on_milvus(milvus_index, synthetic_cata
 
 
 def test_a_failed_change_leaves_no_collection_behind(milvus_index, new_folder, monkeypatch, capsys):
-    from indexer import milvus_store
+    from indexer.stores import milvus as milvus_store
 
     out, db = milvus_index
     before, live = _collections(db), resolve_version_dir(out)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from demo.synth import generate_catalog
 from indexer.layout import METADATA_FILE, resolve_version_dir
-from indexer.store import read_manifest
+from indexer.manifest import read_manifest
 from service.app import create_app
 from service.settings import Settings
 

@@ -191,7 +191,7 @@ def test_settings_from_environment():
 
 def test_byte_identical_photos_of_two_items_tie_deterministically(tmp_path, tiny_checkpoint, synthetic_catalog):
     from indexer.build import BuildOptions, build_index
-    from indexer.store import read_manifest
+    from indexer.manifest import read_manifest
 
     rows = _catalog_rows(synthetic_catalog)
     folder = tmp_path / "photos"

@@ -1,4 +1,4 @@
-"""The vector-store seam: where an index version's vectors live and how they are searched.
+"""The vector-store contract: where an index version's vectors live and how they are searched.
 
 An index version is always a folder (manifest, SQLite metadata) published by the `current` link;
 the store holds its vectors, numbered by vector id 0..n-1, with each photo's category so that
@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import abc
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
-from .index_choice import IndexChoice
+from ..errors import StoreUnavailableError
 
-log = logging.getLogger("snap2shop.indexer")
 
 STORE_KINDS = ("faiss", "milvus")
+
+
 DEFAULT_COLLECTION = "snap2shop"
+
+
 STAGED_STORE_FILE = "store.json"  # in a staging folder: which store it was writing, for clean-up
+
+
 _COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
-
-
-class StoreUnavailableError(RuntimeError):
-    """The configured store cannot be reached or used (no server, a locked Lite file, no client)."""
 
 
 @dataclass(frozen=True)
@@ -133,56 +133,6 @@ class VectorStore(abc.ABC):
         """Release connections and files."""
 
 
-def index_choice_for(config: StoreConfig, requested: str, n_vectors: int, dim: int) -> IndexChoice:
-    """The index for a build: `auto` picks exact or IVF by size for both stores (index_choice)."""
-    from .index_choice import choose_index
-
-    choice = choose_index(requested, n_vectors, dim)
-    if config.kind == "milvus":
-        from .milvus_store import milvus_index_for
-
-        milvus_index_for(choice, config.milvus_uri)  # refuses what this Milvus cannot build
-    return choice
-
-
-def check_index_request(config: StoreConfig, requested: str, dim: int) -> None:
-    """Fail on an index the store cannot build before minutes of encoding, not after."""
-    from .index_choice import AUTO
-
-    if requested == AUTO:
-        return
-    if config.kind == "milvus":
-        from .milvus_store import milvus_index_for
-
-        milvus_index_for(IndexChoice(requested), config.milvus_uri)
-    else:
-        from .store import make_faiss_index
-
-        make_faiss_index(dim, requested)
-
-
-def check_reachable(config: StoreConfig) -> None:
-    """Connect once to a Milvus store (no server, a Lite file another process holds: an error now)."""
-    if config.kind == "milvus" and not config.milvus_uri:
-        raise ValueError("--store milvus needs --milvus-uri (a Milvus Lite file *.db, or http://host:19530)")
-    if config.kind == "milvus":
-        from .milvus_store import connect, disconnect
-
-        disconnect(connect(config.milvus_uri), config.milvus_uri)
-
-
-def build_store(config: StoreConfig, vectors: np.ndarray, categories: Sequence[str], choice: IndexChoice,
-                staging: Path, owner: Path) -> VectorStore:
-    """A staged store for a new index holding `vectors` (ids 0..n-1)."""
-    if config.kind == "milvus":
-        from .milvus_store import MilvusStore
-
-        return MilvusStore.build(config, vectors, categories, choice, staging, owner)
-    from .faiss_store import FaissStore
-
-    return FaissStore.build(vectors, choice)
-
-
 def store_config_of(manifest: dict, override: StoreConfig | None = None) -> StoreConfig:
     """The store an index version was written to, reached where `override` says (its Milvus URI)."""
     section = manifest.get("store") or {"kind": "faiss"}  # versions before the seam were all FAISS
@@ -199,47 +149,10 @@ def store_config_of(manifest: dict, override: StoreConfig | None = None) -> Stor
     return StoreConfig("milvus", uri, section.get("collection"))
 
 
-def open_store(version_dir: Path, manifest: dict, ids_where: Callable[[str, str], np.ndarray],
-               override: StoreConfig | None = None, index_device: str = "cpu") -> VectorStore:
-    """The live store of a version, to search or to stage the next version from.
-
-    `ids_where(field, value)` gives the vector ids of a metadata filter, for stores that filter by id.
-    """
-    config = store_config_of(manifest, override)
-    if config.kind == "milvus":
-        from .milvus_store import MilvusStore
-
-        return MilvusStore.open(config, manifest)
-    from .faiss_store import FaissStore
-
-    return FaissStore.open(version_dir, manifest, ids_where, index_device)
-
-
 def write_staged_marker(staging: Path, section: dict) -> None:
     """Before a store writes outside the staging folder, note where, so a writer that dies mid-way
     has its leftovers removed by the next one (layout's clean-up calls `release_folder_store`)."""
     (staging / STAGED_STORE_FILE).write_text(json.dumps(section, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def release_folder_store(folder: Path, override: StoreConfig | None = None) -> None:
-    """Drop the Milvus collection of a removed version or abandoned staging folder (FAISS keeps
-    its vectors inside the folder, which goes with it). Best effort: a failure is logged."""
-    section = None
-    for name in ("manifest.json", STAGED_STORE_FILE):
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        section = data.get("store") if name == "manifest.json" else data
-        break
-    if not section or section.get("kind") != "milvus" or not section.get("collection_name"):
-        return
-    try:
-        from .milvus_store import drop_collection
-
-        drop_collection(store_config_of({"store": section}, override), section["collection_name"])
-    except Exception as exc:  # clean-up must never fail the change that triggered it
-        log.warning("could not drop Milvus collection %s of %s: %s", section.get("collection_name"), folder, exc)
 
 
 def categories_of(attributes: Sequence[dict]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .store import IndexUpdateError
+from ..errors import IndexUpdateError
 
 _RECONSTRUCT_CHUNK = 65536  # vectors per reconstruct call, to bound memory on large catalogues
 

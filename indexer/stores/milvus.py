@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import IndexBuildError, IndexOpenError, StoreUnavailableError
+from .base import StoreConfig, StoreHits, VectorStore, write_staged_marker
 from .index_choice import IndexChoice
-from .store import IndexBuildError, IndexOpenError
-from .vector_store import StoreConfig, StoreHits, StoreUnavailableError, VectorStore, write_staged_marker
 
 log = logging.getLogger("snap2shop.indexer")
 
