@@ -1,19 +1,21 @@
 """Benchmark: CPU adaptation (`python -m model adapt`) against the zero-shot model, on several query recipes.
 
     python bench/bench_adapt.py [--data ../shared/data/fashion-products] [--cache DIR] [--queries 600]
-        [--model SPEC ...] [--zero-shot-sizes 224,320,384] [--recipes synth,small,harsh,street]
+        [--model SPEC ...] [--zero-shot-sizes 224,320,384] [--recipes synth,small,harsh,street,motion]
         [--variants default,k1,whiten,no-locate,no-foreground] [--tta] [--out var/bench/adapt.json]
         [--query-sizes 224,320,384,448] [--crop-from photo,query]
 
 Adaptation trains on fashion-products' `train` items only (split.csv); every figure is measured on
 shopper's views of `test` items searched among all 9,583 catalogue photos (best photo per item).
-Queries come from four recipes, so a gain on the training synthesiser's own look is not mistaken
+Queries come from five recipes, so a gain on the training synthesiser's own look is not mistaken
 for a gain on real photos:
 
 - synth:  the training synthesiser's default config, with evaluation's own seeds;
 - small:  the garment smaller in a larger frame (0.2-0.55 of it), more clutter;
 - harsh:  strong light, blur, noise, heavy JPEG and more occlusion;
-- street: demo.synth.street_view: a crop of the shop photo, tilted and re-lit, no new scene.
+- street: demo.synth.street_view: a crop of the shop photo, tilted and re-lit, no new scene;
+- motion: degradations training never renders: motion blur, a dim scene's noise, a 160-260 px
+  photo, JPEG quality 20-45.
 
 `--query-sizes` scores each adapted `--model` and variant again at other query sizes (the size the
 garment is found at; no refit), `--crop-from` with the garment cropped out of the view itself (the
@@ -36,11 +38,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-products"
-RECIPE_SEEDS = {"synth": 20_181_116, "small": 31_000_000, "harsh": 41_000_000, "street": 51_000_000}
+RECIPE_SEEDS = {"synth": 20_181_116, "small": 31_000_000, "harsh": 41_000_000, "street": 51_000_000,
+                "motion": 61_000_000}
+
+
+def motion_view(synth):
+    """A recipe of degradations the training synthesiser never renders: the hand's motion blur along
+    a random line, a dim scene's gain and noise, a low-resolution phone photo, heavy compression."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def view(photo, rng):
+        image = np.asarray(synth(photo, rng), dtype=np.float32)
+        length, angle = rng.randint(5, 15), rng.uniform(0, np.pi)
+        h, w = image.shape[:2]
+        padded = np.pad(image, ((length, length), (length, length), (0, 0)), mode="edge")
+        blurred = np.zeros_like(image)
+        for t in np.linspace(-0.5, 0.5, length):
+            dx, dy = round(t * length * np.cos(angle)), round(t * length * np.sin(angle))
+            blurred += padded[length + dy:length + dy + h, length + dx:length + dx + w]
+        image = blurred / length
+        gain = rng.uniform(0.35, 0.7)  # a dim room, then the phone's gain: noise grows with it
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(4, 10) / gain, image.shape)
+        image = np.clip((image * gain + noise * gain) / gain ** 0.6, 0, 255).astype(np.uint8)
+        out = Image.fromarray(image)
+        scale = rng.randint(160, 260) / max(out.size)
+        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.BILINEAR)
+        buffer = io.BytesIO()
+        out.save(buffer, "JPEG", quality=rng.randint(20, 45))
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    return view
 VARIANTS = {
     "default": {},
     "k1": {"views": 1},
     "k4": {"views": 4},
+    "hard": {"view_styles": ("default", "hard")},
     "whiten": {"head": "whiten"},
     "residual": {"head": "residual"},
     "no-locate": {"locate": False},
@@ -64,6 +99,9 @@ def recipe(name: str):
             max_occluded_fraction=0.35, saturation=(0.55, 1.35)))
     if name == "street":
         return street_view
+    if name == "motion":
+        return motion_view(ConsumerViewSynthesizer(ConsumerViewConfig(
+            garment_fraction=(0.3, 0.85), p_blur=0.0, p_rescale=0.0, p_jpeg=0.0, noise_sigma=(0.0, 0.0))))
     raise SystemExit(f"unknown recipe {name!r}; choose from {sorted(RECIPE_SEEDS)}")
 
 
@@ -143,7 +181,7 @@ def main() -> int:
     parser.add_argument("--model", action="append", default=[], help="extra checkpoints to score")
     parser.add_argument("--zero-shot-sizes", default="224,320,384", help="query sizes of the zero-shot model")
     parser.add_argument("--zero-shot-pooling", default="max")
-    parser.add_argument("--recipes", default="synth,small,harsh,street")
+    parser.add_argument("--recipes", default="synth,small,harsh,street,motion")
     parser.add_argument("--variants", default="", help=f"adapt variants to train and score: {','.join(VARIANTS)}")
     parser.add_argument("--tta", action="store_true", help="also score flip test-time augmentation")
     parser.add_argument("--query-sizes", default="", help="adapted models: also score at these query sizes")

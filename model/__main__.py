@@ -92,6 +92,9 @@ def _add_adapt_parser(verbs) -> None:
                        help=f"pixels of the training views' frames (default {defaults.view_size})")
     adapt.add_argument("--views", type=_positive, default=defaults.views,
                        help=f"synthesised shopper's views per item, catalog format (default {defaults.views})")
+    adapt.add_argument("--view-styles", default=",".join(defaults.view_styles),
+                       help="comma-separated synthesiser styles, view set n in style n mod their number: "
+                            "default, hard (default %(default)s)")
     adapt.add_argument("--cache", type=Path, default=None,
                        help="feature cache folder (default ~/.cache/snap2shop/adapt); a killed run resumes from it")
     adapt.add_argument("--batch-size", type=batch_size_arg, default=defaults.batch_size,
@@ -114,8 +117,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     config = AdaptConfig(
         data=args.data, format=args.format, out=args.out, split_csv=args.split_csv, crop=args.crop,
         backbone=args.backbone, weights=args.weights, input_size=args.input_size, query_size=args.query_size,
-        view_size=args.view_size,
-        views=args.views, cache=args.cache, device=args.device, batch_size=args.batch_size,
+        view_size=args.view_size, views=args.views, view_styles=tuple(v for v in args.view_styles.split(",") if v),
+        cache=args.cache, device=args.device, batch_size=args.batch_size,
         workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
         locate=args.locate and args.foreground, shard_rows=args.shard_rows, seed=args.seed,
         progress=not args.quiet,

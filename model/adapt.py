@@ -58,6 +58,7 @@ class AdaptConfig:
     query_size: int = 384
     view_size: int = 320
     views: int = 2                  # synthesised views per item (catalog format)
+    view_styles: tuple[str, ...] = ("default",)  # view set n is drawn in style n mod len (synthesis.VIEW_STYLES)
     cache: Path | None = None
     device: str = "auto"
     batch_size: int | str = AUTO    # or a number: see batch_size.py
@@ -78,6 +79,12 @@ class AdaptConfig:
         parse_batch_size(self.batch_size, "--batch-size")
         if self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
             raise ValueError("--shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
+        from .synthesis import VIEW_STYLES
+
+        self.view_styles = tuple(self.view_styles)
+        unknown = [s for s in self.view_styles if s not in VIEW_STYLES]
+        if unknown or not self.view_styles:
+            raise ValueError(f"--view-styles takes names from {sorted(VIEW_STYLES)}, got {','.join(self.view_styles)!r}")
         if self.head not in HEADS:
             raise ValueError(f"--head must be one of {HEADS}, got {self.head!r}")
         if not all(64 <= size <= 1024 for size in (self.query_size, self.view_size, self.input_size or 64)):
@@ -152,19 +159,20 @@ def adapt(config: AdaptConfig) -> Path:
                 config.progress, "catalogue")
     timings["catalog_s"] = time.perf_counter() - t0
 
-    synthesizer, synth_desc = None, None
+    synthesizers = [None]
     if synthesised:
-        from .synthesis import ConsumerViewSynthesizer
+        from .synthesis import VIEW_STYLES, ConsumerViewSynthesizer
 
-        synthesizer = ConsumerViewSynthesizer()
-        synth_desc = asdict(synthesizer.config)
+        synthesizers = [ConsumerViewSynthesizer(VIEW_STYLES[config.view_styles[n % len(config.view_styles)]])
+                        for n in range(config.views)]
         view_sets = [view_rows(train.shop_by_item(), n) for n in range(config.views)]
     else:
         view_sets = [catalog_rows(train.consumer())]
     v_rows = [row for rows in view_sets for row in rows]
     view_parts = []
     t0 = time.perf_counter()
-    for n, rows in enumerate(view_sets):
+    for n, (rows, synthesizer) in enumerate(zip(view_sets, synthesizers)):
+        synth_desc = asdict(synthesizer.config) if synthesizer else None
         fingerprint = base | {"prep": view_prep.to_dict(), "rows": _rows_hash(rows), "synth": synth_desc}
         part = CachePart(cache_root, "views", fingerprint, len(rows), config.shard_rows).open()
         encode_rows(part, RowDataset(rows, view_prep, synthesizer, keep_frame=True), backbone, plan,
@@ -228,7 +236,8 @@ def adapt(config: AdaptConfig) -> Path:
     report = {"data": str(config.data), "format": config.format, "split_csv": str(config.split_csv or ""),
               "cache": str(cache_root.resolve()), "batch_size": config.batch_size,
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
-              "views_per_item": config.views if synthesised else None, "skipped": skipped,
+              "views_per_item": config.views if synthesised else None,
+              "view_styles": list(config.view_styles) if synthesised else None, "skipped": skipped,
               "projection": projection.validation, "timings": {k: round(v, 1) for k, v in timings.items()}}
     save_checkpoint(adapted, out, extra_metadata={"adapt": report})
     out.with_name(out.stem + ".adapt.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -74,6 +75,20 @@ class ConsumerViewConfig:
                 raise ValueError(f"{f.name}: expected a probability or a (low, high) pair, got {v}")
         if self.garment_fraction[0] <= 0 or not 0 <= self.max_occluded_fraction <= 1:
             raise ValueError("garment_fraction must be positive and max_occluded_fraction within 0..1")
+
+# Named recipes for adapt's view sets (set n draws with style n mod len): one look, however random,
+# teaches one distance between street and shop. "default" fills the frame as most shoppers do;
+# "hard" is the far end of what a phone gives: a smaller garment, dimmer or harsher light, motion
+# of the hand, heavier compression. Its ranges overlap the default's rather than jump past them.
+VIEW_STYLES: Mapping[str, ConsumerViewConfig] = MappingProxyType({
+    "default": ConsumerViewConfig(),
+    "hard": ConsumerViewConfig(
+        long_side=(320, 640), garment_fraction=(0.25, 0.75), p_occlusion=0.45, max_occluded_fraction=0.3,
+        brightness=(0.5, 1.4), contrast=(0.65, 1.3), gamma=(0.65, 1.5), max_temperature=0.16,
+        saturation=(0.6, 1.3), p_blur=0.65, max_blur=1.8, noise_sigma=(1.0, 9.0), p_rescale=0.45,
+        rescale=(0.35, 0.8), jpeg_quality=(22, 80)),
+})
+
 
 def _homography(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     """3x3 matrix taking the four output points `dst` to the source points `src`."""
@@ -337,4 +352,4 @@ class ConsumerViewSynthesizer:
             img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
         return img
 
-__all__ = ["ConsumerViewConfig", "ConsumerViewSynthesizer", "cutout_mask"]
+__all__ = ["VIEW_STYLES", "ConsumerViewConfig", "ConsumerViewSynthesizer", "cutout_mask"]

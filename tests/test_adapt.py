@@ -253,6 +253,26 @@ def test_adapt_resumes_from_the_shards_a_killed_run_wrote(shop, tmp_path):
     assert load_model(str(out)).model.has_query_head
 
 
+def test_each_view_set_is_drawn_in_its_style_and_cached_apart(shop, adapted, tmp_path):
+    from dataclasses import asdict
+
+    from model.synthesis import VIEW_STYLES
+
+    import shutil
+
+    cache = shutil.copytree(adapted.parent / "cache", tmp_path / "cache")  # the default's, made by the fixture
+    before = {p.name for p in cache.glob("views-*")}
+    out = tmp_path / "a.safetensors"
+    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=cache, **FAST, view_styles=("default", "hard")))
+    report = json.loads(out.with_name("a.adapt.json").read_text())
+    assert report["view_styles"] == ["default", "hard"]
+    made = {p.name for p in cache.glob("views-*")} - before
+    assert len(made) == 1  # view set 0 is the default's, reused; set 1 is new: the hard style's
+    described = json.loads((cache / made.pop() / "cache.json").read_text())
+    hard = json.loads(json.dumps(asdict(VIEW_STYLES["hard"])))  # as JSON holds it: tuples are lists
+    assert described["synth"] == hard and hard != json.loads(json.dumps(asdict(VIEW_STYLES["default"])))
+
+
 # --- the checkpoint through the indexer and the service ------------------------------------------
 
 def test_adapted_checkpoint_carries_both_sides(adapted):
@@ -341,6 +361,7 @@ def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
         (["--data", str(empty), "--format", "catalog", "--out", out], "no photos"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--views", "0"], "--views"),
         (["--data", str(shop), "--format", "catalog", "--out", str(tmp_path / "a.pt")], ".safetensors"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--view-styles", "default,dusk"], "--view-styles"),
         (["--data", str(shop), "--format", "catalog", "--out", str(tmp_path / "no" / "a.safetensors")],
          "does not exist"),
     ]
