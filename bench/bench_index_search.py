@@ -110,7 +110,7 @@ def main() -> int:
     version = build_index(BuildOptions(out=out, images=images, model_spec=args.model, batch_size=args.batch_size,
                                        workers=args.workers, progress=True))
     _, manifest = read_manifest(version)
-    timings = manifest["timings"]
+    timings = manifest.timings
 
     base = f"http://127.0.0.1:{args.port}"
     log = open(work / "service.log", "w")
@@ -121,7 +121,7 @@ def main() -> int:
         sample = random.Random(0).sample(photos, min(args.queries, len(photos)))
         latencies, self_first, twin_first, server_ms = [], 0, 0, {"embed_ms": [], "search_ms": []}
         # byte-identical photos of different items tie; which of the twins comes first is arbitrary
-        duplicated = {item for group in manifest["duplicate_photo_groups"] for item in group}
+        duplicated = {item for group in manifest.duplicate_photo_groups for item in group}
         with httpx2.Client(timeout=60) as client:
             client.post(f"{base}/search", files={"image": ("w.jpg", sample[0].read_bytes())})  # warm-up
             started = time.perf_counter()
@@ -145,10 +145,10 @@ def main() -> int:
         log.close()
 
     rows = [
-        ("catalogue", f"{manifest['counts']['vectors']} photos ({manifest['counts']['skipped']} skipped) from {args.images}"),
-        ("model", f"{manifest['model']['spec']}, {manifest['dim']} dims, batch {args.batch_size}"),
+        ("catalogue", f"{manifest.counts.vectors} photos ({manifest.counts.skipped} skipped) from {args.images}"),
+        ("model", f"{manifest.model.spec}, {manifest.dim} dims, batch {args.batch_size}"),
         ("encode", f"{timings['images_per_s']:.1f} img/s ({timings['wall_s']:.0f} s wall, forward {timings['forward_s']:.0f} s)"),
-        ("index size", f"{folder_size(version) / 1e6:.1f} MB on disk (faiss {manifest['index_factory']} + SQLite + manifest)"),
+        ("index size", f"{folder_size(version) / 1e6:.1f} MB on disk (faiss {manifest.index_factory} + SQLite + manifest)"),
         ("search latency", f"p50 {percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms, "
                            f"p99 {percentile(latencies, 99):.1f} ms over {len(latencies)} uploads, concurrency 1"),
         ("  of which", f"embed p50 {statistics.median(server_ms['embed_ms']):.1f} ms, "

@@ -85,7 +85,7 @@ def main() -> int:
     _, manifest = read_manifest(args.index)
     # This machine's speed drifts by several percent over minutes: the floor is measured before the
     # server starts and again after it stops, and averaged.
-    forward_before_ms = single_image_forward_ms(manifest["model"]["spec"])
+    forward_before_ms = single_image_forward_ms(manifest.model.spec)
     uploads = shopper_photos(discover_images(args.images), 200)
     log_path = Path(tempfile.mkstemp(prefix="snap2shop-service-", suffix=".log")[1])
     env = os.environ | {"SNAP2SHOP_LOG_LEVEL": "warning"}
@@ -113,10 +113,10 @@ def main() -> int:
     finally:
         service.terminate()
         service.wait(timeout=60)
-    forward_after_ms = single_image_forward_ms(manifest["model"]["spec"])
+    forward_after_ms = single_image_forward_ms(manifest.model.spec)
     forward_ms = (forward_before_ms + forward_after_ms) / 2
     print(f"model forward, one image: {forward_ms:.1f} ms (before {forward_before_ms:.1f}, after {forward_after_ms:.1f}; "
-          f"{manifest['model']['spec']}, {os.cpu_count()} CPUs; client {args.client})")
+          f"{manifest.model.spec}, {os.cpu_count()} CPUs; client {args.client})")
     print(f"{'c':>3} {'requests':>8} {'fail':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}  batch")
     for row in rows:
         print(f"{row['concurrency']:>3} {row['requests']:>8} {row['failures']:>4} {row['p50_ms']:>8} {row['p95_ms']:>8} "

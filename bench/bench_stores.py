@@ -62,9 +62,9 @@ def run_build(folder: Path, out: Path, engine: str, store: list[str], workers: i
     from indexer.manifest import read_manifest
 
     _, manifest = read_manifest(out)
-    timings = manifest["timings"]
+    timings = manifest.timings
     return {"wall_s": round(wall, 1), "images_per_s": timings["images_per_s"], "store_write_s": timings["index_s"],
-            "vectors": manifest["counts"]["vectors"], "index": manifest["index_factory"]}
+            "vectors": manifest.counts.vectors, "index": manifest.index_factory}
 
 
 def recall_with_ties(found: np.ndarray, catalogue: np.ndarray, queries: np.ndarray, tenth: np.ndarray) -> float:
@@ -159,7 +159,7 @@ def bench_scale(args, real: np.ndarray, work: Path) -> dict:
                 store.close()
                 from indexer.stores import open_store
 
-                store = open_store(staging, {"store": json.loads((staging / "store.json").read_text())},
+                store = open_store(staging, json.loads((staging / "store.json").read_text()),
                                    ids_where=None)
             name = f"{kind}/{choice.factory}"
             results[name] = {"vectors": len(catalogue), "write_s": round(write_s, 1)} | time_searches(

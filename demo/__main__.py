@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _index_model(index_dir: Path) -> str:
     """The file name of the model the live index was built with ('' when unreadable)."""
-    import json
+    from indexer.errors import IndexOpenError
+    from indexer.layout import IndexLayoutError
+    from indexer.manifest import read_manifest
 
     try:
-        manifest = json.loads((index_dir / "current" / "manifest.json").read_text(encoding="utf-8"))
-        return Path(manifest["model"]["spec"].split(":")[0]).name
-    except (OSError, ValueError, KeyError):
+        return Path(read_manifest(index_dir)[1].model.spec.split(":")[0]).name
+    except (IndexOpenError, IndexLayoutError):
         return ""
 
 

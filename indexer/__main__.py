@@ -27,6 +27,7 @@ from pathlib import Path
 
 from model import DEFAULT_MODEL_SPEC
 from model.batch_size import batch_size_arg
+from model.config import AdapterConfig
 
 
 def _positive_int(text: str) -> int:
@@ -158,10 +159,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .manifest import read_manifest
 
     _, manifest = read_manifest(version)
-    counts, timings = manifest["counts"], manifest["timings"]
-    print(f"indexed {counts['vectors']} photos of {counts['items']} items into {args.out} "
+    counts, timings = manifest.counts, manifest.timings
+    print(f"indexed {counts.vectors} photos of {counts.items} items into {args.out} "
           f"({version.name}) in {timings['total_s']:.1f}s, {timings['images_per_s']:.1f} img/s")
-    _print_skipped(manifest["skipped"])
+    _print_skipped(manifest.skipped)
     return 0
 
 
@@ -232,17 +233,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if problems:
         print(f"{args.index} ({version_dir.name}): {len(problems)} problems", file=sys.stderr)
         return 1
-    counts = manifest["counts"]
-    print(f"ok: {args.index} ({version_dir.name}) is consistent: {counts['vectors']} vectors, "
-          f"{counts['items']} items" + ("; photos hashed and a sample re-embedded" if args.deep else ""))
+    counts = manifest.counts
+    print(f"ok: {args.index} ({version_dir.name}) is consistent: {counts.vectors} vectors, "
+          f"{counts.items} items" + ("; photos hashed and a sample re-embedded" if args.deep else ""))
     return 0
 
 
-def _describe_query_head(head: dict | None) -> str:
-    if not head:
+def _describe_query_head(head: AdapterConfig | None) -> str:
+    if head is None:
         return "none (queries are embedded like catalogue photos)"
-    parts = [f"adapted, {head['dim']} dims"] + (["garment crop"] if head.get("locate") else []) + (
-        ["foreground pooling"] if head.get("foreground") else []) + (["per-side residual"] if head.get("residual") else [])
+    parts = [f"adapted, {head.dim} dims"] + (["garment crop"] if head.locate else []) + (
+        ["foreground pooling"] if head.foreground else []) + (["per-side residual"] if head.residual else [])
     return ", ".join(parts)
 
 
@@ -254,27 +255,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     store = opened.store.describe()
     opened.close()
     if args.json:
-        print(json.dumps(manifest, indent=2, sort_keys=True))
+        print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
-    counts = manifest["counts"]
+    counts = manifest.counts
     lines = [
         ("version", opened.version_dir.name),
-        ("built", manifest["built_at"]),
-        *([("updated", f"{manifest['updated_at']} ({len(manifest.get('history', []))} changes since the build)")]
-          if "updated_at" in manifest else []),
-        ("model", f"{manifest['model']['spec']} (weights sha256 {manifest['model']['checksum'][:12]})"),
-        ("embedding", f"{manifest['dim']} dims, {manifest['metric']}, {store['kind']} '{manifest['index_factory']}'"
+        ("built", manifest.built_at),
+        *([("updated", f"{manifest.updated_at} ({len(manifest.history)} changes since the build)")]
+          if manifest.updated_at else []),
+        ("model", f"{manifest.model.spec} (weights sha256 {manifest.model.checksum[:12]})"),
+        ("embedding", f"{manifest.dim} dims, {manifest.metric}, {store['kind']} '{manifest.index_factory}'"
                       + (f" as {store['index_type']} in collection {store['collection']}" if "collection" in store
                          else "")),
-        ("preprocessing", json.dumps(manifest["preprocessing"])),
-        ("query preprocessing", json.dumps(manifest.get("query_preprocessing", manifest["preprocessing"]))),
-        ("query head", _describe_query_head(manifest.get("query_head"))),
-        ("catalogue", manifest["catalog"]["image_root"]),
-        ("vectors", counts["vectors"]),
-        ("items", counts["items"]),
-        ("skipped", counts["skipped"]),
-        ("encode rate", f"{manifest['timings']['images_per_s']} img/s on {manifest['environment']['device']}"
-                        + (f", batch {batch}" if (batch := manifest.get("encode", {}).get("batch_size")) else "")),
+        ("preprocessing", json.dumps(manifest.preprocessing.to_dict())),
+        ("query preprocessing", json.dumps(manifest.query_preprocessing.to_dict())),
+        ("query head", _describe_query_head(manifest.query_adapter)),
+        ("catalogue", manifest.catalog.image_root),
+        ("vectors", counts.vectors),
+        ("items", counts.items),
+        ("skipped", counts.skipped),
+        ("encode rate", f"{manifest.timings['images_per_s']} img/s on {manifest.environment['device']}"
+                        + (f", batch {batch}" if (batch := manifest.encode.get("batch_size")) else "")),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

@@ -158,15 +158,9 @@ def _triage(conn: sqlite3.Connection, entries: list[CatalogEntry], image_root: P
 
 def _load_matching_model(model_spec: str | None, live: OpenedIndex) -> LoadedModel:
     """The index's own model: vectors from any other weights would not be comparable with its vectors."""
-    expected = live.manifest["model"]
-    loaded = load_model(model_spec or expected["spec"])
-    if loaded.checksum != expected["checksum"]:
-        raise IndexUpdateError(
-            f"model {loaded.spec} (weights sha256 {loaded.checksum[:12]}) is not the model {live.version_dir} "
-            f"was built with ({expected['spec']}, sha256 {expected['checksum'][:12]}); its vectors would not be "
-            f"comparable: pass --model with the original weights, or rebuild the index"
-        )
-    return loaded
+    loaded = load_model(model_spec or live.manifest.model.spec)
+    return live.manifest.require_model(loaded, index=live.version_dir, error=IndexUpdateError,
+                                       hint="pass --model with the original weights, or rebuild the index")
 
 
 def _absolute(path: Path | None) -> str | None:

@@ -22,7 +22,7 @@ from .ingest import read_entries, require_some_usable, skipped_photos
 from .stores.index_choice import AUTO
 from .layout import MANIFEST, METADATA_FILE, publish, staged_version, writer_lock
 from .feature_reuse import encode_from_cached_maps, feature_cache_for
-from .manifest import INDEX_FORMAT, format_version_for, write_manifest
+from .manifest import CatalogSource, Counts, IndexedModel, Manifest, format_version_for, write_manifest
 from .metadata import ImageRow, cross_item_duplicates, write_metadata
 from .stores import (StoreConfig, build_store, categories_of, check_index_request, check_reachable,
                      index_choice_for, release_folder_store)
@@ -93,31 +93,30 @@ def _write_version(staging: Path, options: BuildOptions, entries: list[CatalogEn
     if duplicates:
         log.warning("%d groups of different items share byte-identical photos (e.g. %s); "
                     "search cannot tell them apart", len(duplicates), ", ".join(duplicates[0]))
-    write_manifest(staging / MANIFEST, {
-        "format": INDEX_FORMAT,
-        "format_version": format_version_for(store_section["kind"]),
-        "snap2shop_version": __version__,
-        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"spec": loaded.spec, "checksum": loaded.checksum, "config": loaded.config.to_dict()},
-        "dim": loaded.model.embedding_dim,
-        "preprocessing": loaded.config.preprocessing.to_dict(),
+    write_manifest(staging / MANIFEST, Manifest(
+        format_version=format_version_for(store_section["kind"]),
+        snap2shop_version=__version__,
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        model=IndexedModel(spec=loaded.spec, checksum=loaded.checksum, config=loaded.config.to_dict()),
+        dim=loaded.model.embedding_dim,
+        preprocessing=loaded.config.preprocessing,
         # What the service does to an upload: its own preprocessing, and the query-side head of an
         # adapted model (whose catalogue side made the vectors here).
-        "query_preprocessing": loaded.config.query_prep.to_dict(),
-        "query_head": loaded.config.adapter.to_dict() if loaded.config.adapter else None,
-        "metric": "inner_product",
-        "index_factory": choice.factory,
-        "store": store_section,
-        "index_choice": {"requested": options.index_factory, "nprobe": choice.nprobe, "reason": choice.reason},
-        "catalog": {"image_root": str(root),
-                    "csv": str(Path(options.catalog).resolve()) if options.catalog else None},
-        "counts": {"photos_found": len(entries), "vectors": len(rows), "items": item_count,
-                   "skipped": len(skipped), "duplicate_photo_groups": len(duplicates)},
-        "skipped": skipped,
-        "duplicate_photo_groups": duplicates[:1000],
+        query_preprocessing=loaded.config.query_prep,
+        query_head=loaded.config.adapter.to_dict() if loaded.config.adapter else None,
+        metric="inner_product",
+        index_factory=choice.factory,
+        store=store_section,
+        index_choice={"requested": options.index_factory, "nprobe": choice.nprobe, "reason": choice.reason},
+        catalog=CatalogSource(image_root=str(root),
+                              csv=str(Path(options.catalog).resolve()) if options.catalog else None),
+        counts=Counts(photos_found=len(entries), vectors=len(rows), items=item_count,
+                      skipped=len(skipped), duplicate_photo_groups=len(duplicates)),
+        skipped=skipped,
+        duplicate_photo_groups=duplicates[:1000],
         # the batch the forward passes ran at (auto resolves per device); None: cached maps, no pass
-        "encode": {"batch_size": encoded.batch_size, "requested_batch_size": options.batch_size},
-        "timings": encoded.timings | {"index_s": round(index_s, 3),
-                                      "total_s": round(time.perf_counter() - started, 3)},
-        "environment": {"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
-    })
+        encode={"batch_size": encoded.batch_size, "requested_batch_size": options.batch_size},
+        timings=encoded.timings | {"index_s": round(index_s, 3),
+                                   "total_s": round(time.perf_counter() - started, 3)},
+        environment={"device": str(device), "torch": torch.__version__, "faiss": faiss.__version__},
+    ))

@@ -18,7 +18,7 @@ import numpy as np
 
 from .layout import MANIFEST, METADATA_FILE, Retire, publish, require_index_folder, staged_version, writer_lock
 from .metadata_edit import copy_for_edit, finish
-from .manifest import write_manifest
+from .manifest import Manifest, write_manifest
 from .store import OpenedIndex, open_index
 from .stores import StoreConfig, VectorStore, release_folder_store
 
@@ -38,9 +38,9 @@ class IndexChange:
         self.staged_stores.append(staged)
         return staged
 
-    def publish(self, store: VectorStore, manifest: dict, compact_metadata: bool = False) -> Path:
+    def publish(self, store: VectorStore, manifest: Manifest, compact_metadata: bool = False) -> Path:
         """Write the staged version's files and make it live. Returns the version folder."""
-        manifest["store"] = store.persist(self.staging)
+        manifest = manifest.replace(store=store.persist(self.staging))
         finish(self.metadata, compact=compact_metadata)
         write_manifest(self.staging / MANIFEST, manifest)
         return publish(self.index_dir, self.staging, self.retire)

@@ -15,3 +15,8 @@ class IndexOpenError(RuntimeError):
 
 class StoreUnavailableError(RuntimeError):
     """The configured store cannot be reached or used (no server, a locked Lite file, no client)."""
+
+
+class ModelMismatchError(RuntimeError):
+    """A model is not the one an index's vectors were made with (Manifest.require_model's default;
+    callers that stop on it pass their own error class)."""

@@ -91,10 +91,11 @@ class _EncodingActor:
         if self.plan.device.type == "cpu":
             # Ray sets OMP_NUM_THREADS from the actor's (fractional) CPUs, i.e. 1; the model may use the node.
             torch.set_num_threads(os.cpu_count() or 1)
-        loaded = load_model(spec)
-        if loaded.checksum != checksum:
-            raise RayEngineError(f"model {spec} on this Ray node has weights sha256 {loaded.checksum[:12]}, "
-                                 f"not {checksum[:12]} as on the driver: every node needs the same weights file")
+        from .manifest import ModelIdentity
+
+        loaded = ModelIdentity(spec, checksum).require_model(
+            load_model(spec), role="the driver loaded", error=RayEngineError,
+            hint=f"every Ray node needs the same weights file (this is {socket.gethostname()})")
         self.net = prepare_model(loaded.model, self.plan)
         self.dim = loaded.model.embedding_dim
 

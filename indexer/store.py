@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from .errors import IndexOpenError
 from .layout import METADATA_FILE
-from .manifest import read_manifest
+from .manifest import Manifest, read_manifest
 from .metadata import MetadataStore
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @dataclass
 class OpenedIndex:
     version_dir: Path
-    manifest: dict
+    manifest: Manifest
     store: "VectorStore"
     metadata: MetadataStore
 
@@ -32,7 +32,7 @@ class OpenedIndex:
     @property
     def image_root(self) -> Path:
         """Where the catalogue was when the index was built: the default root of its photo paths."""
-        return Path(self.manifest["catalog"]["image_root"])
+        return Path(self.manifest.catalog.image_root)
 
     def resolve_image_path(self, stored: str, root: Path | None = None) -> Path:
         """A stored photo path on disk. Photos under the catalogue root are stored relative to it, so
@@ -55,18 +55,18 @@ def open_index(index_dir: str | Path, store: "StoreConfig | None" = None, index_
     version_dir, manifest = read_manifest(index_dir)
     metadata = MetadataStore(version_dir / METADATA_FILE)
     try:
-        vectors = open_store(version_dir, manifest, metadata.vector_ids_where, store, index_device)
+        vectors = open_store(version_dir, manifest.store, metadata.vector_ids_where, store, index_device)
     except BaseException:
         metadata.close()
         raise
     opened = OpenedIndex(version_dir=version_dir, manifest=manifest, store=vectors, metadata=metadata)
     count, rows = vectors.count(), metadata.count_images()
     problem = None
-    if vectors.dim != manifest["dim"]:
-        problem = f"the {vectors.kind} store holds {vectors.dim}-dim vectors but the manifest says {manifest['dim']}"
-    elif count != rows or count != manifest["counts"]["vectors"]:
+    if vectors.dim != manifest.dim:
+        problem = f"the {vectors.kind} store holds {vectors.dim}-dim vectors but the manifest says {manifest.dim}"
+    elif count != rows or count != manifest.counts.vectors:
         problem = (f"{version_dir} is inconsistent: {count} vectors in the {vectors.kind} store, "
-                   f"{rows} rows in metadata, {manifest['counts']['vectors']} in the manifest")
+                   f"{rows} rows in metadata, {manifest.counts.vectors} in the manifest")
     if problem is not None:
         opened.close()
         raise IndexOpenError(problem)

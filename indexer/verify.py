@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .layout import METADATA_FILE
-from .errors import IndexOpenError
-from .manifest import read_manifest
+from .errors import IndexOpenError, ModelMismatchError
+from .manifest import Manifest, read_manifest
 from .stores import StoreConfig, VectorStore, open_store
 from .stores.faiss_vectors import in_chunks
 
@@ -31,13 +31,14 @@ def verify_index(index_dir: str | Path, deep: bool = False, sample: int = DEEP_S
                  device: str = "cpu", store: StoreConfig | None = None) -> list[str]:
     """Problems found in the live version of `index_dir` (or in a version folder); empty when consistent.
 
-    Raises IndexLayoutError / IndexOpenError when there is no readable manifest to check against, and
-    StoreUnavailableError when its Milvus store cannot be reached (`store` says where it is).
+    Raises IndexLayoutError / IndexOpenError when there is no readable manifest to check against (one
+    that lacks or garbles a field is not readable), and StoreUnavailableError when its Milvus store
+    cannot be reached (`store` says where it is).
     """
     version_dir, manifest = read_manifest(index_dir)
     problems: list[str] = []
     try:
-        vectors = open_store(version_dir, manifest, ids_where=None, override=store)
+        vectors = open_store(version_dir, manifest.store, ids_where=None, override=store)
     except IndexOpenError as exc:
         problems.append(str(exc))
         vectors = None
@@ -49,7 +50,7 @@ def verify_index(index_dir: str | Path, deep: bool = False, sample: int = DEEP_S
         if vectors is not None:
             _check_store(vectors, manifest, rows, problems)
         if deep and conn is not None:
-            _check_photos_and_embeddings(conn, vectors, manifest, sample, device, problems)
+            _check_photos_and_embeddings(conn, vectors, version_dir, manifest, sample, device, problems)
     finally:
         if conn is not None:
             conn.close()
@@ -74,32 +75,22 @@ def _open_metadata(version_dir: Path, problems: list[str]) -> sqlite3.Connection
     return conn
 
 
-def _manifest_count(manifest: dict, key: str, problems: list[str]) -> int | None:
-    value = manifest.get("counts", {}).get(key)
-    if not isinstance(value, int):
-        problems.append(f"manifest: counts.{key} is missing or not a number ({value!r})")
-        return None
-    return value
-
-
 def _examples(values: list) -> str:
     shown = ", ".join(str(v) for v in values[:MAX_EXAMPLES])
     return shown + (f" and {len(values) - MAX_EXAMPLES} more" if len(values) > MAX_EXAMPLES else "")
 
 
-def _check_metadata(conn: sqlite3.Connection, manifest: dict, problems: list[str]) -> int:
+def _check_metadata(conn: sqlite3.Connection, manifest: Manifest, problems: list[str]) -> int:
     """Checks the metadata on its own and against the manifest; returns its photo row count."""
     rows, low, high = conn.execute("SELECT COUNT(*), MIN(vector_id), MAX(vector_id) FROM images").fetchone()
     items = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     if rows and (low != 0 or high != rows - 1):
         problems.append(f"vector ids are not contiguous: {rows} photo rows with ids {low}..{high}, "
                         f"expected 0..{rows - 1}")
-    expected_vectors = _manifest_count(manifest, "vectors", problems)
-    if expected_vectors is not None and expected_vectors != rows:
-        problems.append(f"photo count: metadata holds {rows} photo rows, the manifest says {expected_vectors}")
-    expected_items = _manifest_count(manifest, "items", problems)
-    if expected_items is not None and expected_items != items:
-        problems.append(f"item count: metadata holds {items} items, the manifest says {expected_items}")
+    if manifest.counts.vectors != rows:
+        problems.append(f"photo count: metadata holds {rows} photo rows, the manifest says {manifest.counts.vectors}")
+    if manifest.counts.items != items:
+        problems.append(f"item count: metadata holds {items} items, the manifest says {manifest.counts.items}")
     miscounted = conn.execute(
         "SELECT items.item_id, items.image_count, COUNT(images.vector_id) AS n FROM items "
         "LEFT JOIN images ON images.item_id = items.item_id GROUP BY items.item_id "
@@ -118,15 +109,14 @@ def _check_metadata(conn: sqlite3.Connection, manifest: dict, problems: list[str
     return rows
 
 
-def _check_store(vectors: VectorStore, manifest: dict, metadata_rows: int | None, problems: list[str]) -> None:
+def _check_store(vectors: VectorStore, manifest: Manifest, metadata_rows: int | None, problems: list[str]) -> None:
     store = f"the {vectors.kind} store"
-    if vectors.dim != manifest.get("dim"):
-        problems.append(f"dimensions: {store} holds {vectors.dim}-dim vectors, the manifest says {manifest.get('dim')}")
+    if vectors.dim != manifest.dim:
+        problems.append(f"dimensions: {store} holds {vectors.dim}-dim vectors, the manifest says {manifest.dim}")
     problems.extend(vectors.consistency_problems(manifest))
     count = vectors.count()
-    expected = manifest.get("counts", {}).get("vectors")
-    if expected is not None and count != expected:
-        problems.append(f"vector count: {store} holds {count} vectors, the manifest says {expected}")
+    if count != manifest.counts.vectors:
+        problems.append(f"vector count: {store} holds {count} vectors, the manifest says {manifest.counts.vectors}")
     if metadata_rows is not None and count != metadata_rows:
         problems.append(f"vector count: {store} holds {count} vectors, the metadata {metadata_rows} photo rows")
     if count == 0 or not vectors.exact:
@@ -145,9 +135,9 @@ def _check_store(vectors: VectorStore, manifest: dict, metadata_rows: int | None
         problems.append(f"{len(bad)} vectors are not unit length: {_examples(bad)}")
 
 
-def _check_photos_and_embeddings(conn: sqlite3.Connection, vectors: VectorStore | None, manifest: dict, sample: int, device: str,
-                                 problems: list[str]) -> None:
-    root = Path(manifest.get("catalog", {}).get("image_root", "."))
+def _check_photos_and_embeddings(conn: sqlite3.Connection, vectors: VectorStore | None, version_dir: Path,
+                                 manifest: Manifest, sample: int, device: str, problems: list[str]) -> None:
+    root = Path(manifest.catalog.image_root)
     intact: list[tuple[int, Path]] = []
     missing, changed = [], []
     for vector_id, stored, digest in conn.execute("SELECT vector_id, path, sha256 FROM images ORDER BY vector_id"):
@@ -168,26 +158,27 @@ def _check_photos_and_embeddings(conn: sqlite3.Connection, vectors: VectorStore 
         problems.append(f"{len(changed)} photos changed since they were indexed (sha256 differs): {_examples(changed)}")
     intact = [(vid, path) for vid, path in intact if vectors is not None and vid < vectors.count()]
     if intact and sample > 0:
-        _check_sample_embeddings(vectors, manifest, intact, sample, device, problems)
+        _check_sample_embeddings(vectors, version_dir, manifest, intact, sample, device, problems)
 
 
-def _check_sample_embeddings(vectors: VectorStore, manifest: dict, intact: list[tuple[int, Path]], sample: int, device: str,
-                             problems: list[str]) -> None:
+def _check_sample_embeddings(vectors: VectorStore, version_dir: Path, manifest: Manifest,
+                             intact: list[tuple[int, Path]], sample: int, device: str, problems: list[str]) -> None:
     from model import CheckpointError, WeightsUnavailableError, load_model
     from model.inference import plan_inference, resolve_device
 
     from .encode import encode_paths
 
-    expected = manifest.get("model", {})
-    spec = expected.get("spec")
+    spec = manifest.model.spec
     try:
         loaded = load_model(spec)
     except (CheckpointError, WeightsUnavailableError, ValueError, OSError, RuntimeError) as exc:
         problems.append(f"cannot re-embed photos: the index's model {spec} does not load: {exc}")
         return
-    if loaded.checksum != expected.get("checksum"):
-        problems.append(f"model {spec} now has different weights (sha256 {loaded.checksum[:12]}) than the index "
-                        f"was built with ({str(expected.get('checksum'))[:12]}); searches would not match")
+    try:
+        manifest.require_model(loaded, index=version_dir, hint="its weights changed since the build, so searches "
+                               "would not match: put the original weights back, or rebuild the index")
+    except ModelMismatchError as exc:
+        problems.append(str(exc))
         return
     if not vectors.exact or loaded.model.embedding_dim != vectors.dim:
         return  # quantised vectors cannot be held to a cosine near 1; a dim mismatch is reported already
@@ -202,7 +193,7 @@ def _check_sample_embeddings(vectors: VectorStore, manifest: dict, intact: list[
     stored = vectors.vectors(ids)
     cosines = np.sum(stored * encoded.embeddings, axis=1) / np.maximum(
         np.linalg.norm(stored, axis=1) * np.linalg.norm(encoded.embeddings, axis=1), 1e-12)
-    threshold = MIN_COSINE.get(manifest.get("timings", {}).get("precision", "fp32"), MIN_COSINE["fp32"])
+    threshold = MIN_COSINE.get(manifest.timings.get("precision", "fp32"), MIN_COSINE["fp32"])
     bad = [f"id {vid} ({chosen[i][1].name}) cosine {c:.4f}"
            for i, vid, c in zip(encoded.ok_indices.tolist(), ids.tolist(), cosines.tolist()) if c < threshold]
     if bad:

@@ -10,7 +10,7 @@ import numpy as np
 
 from indexer.store import OpenedIndex, open_index
 from indexer.stores import StoreConfig
-from model import LoadedModel, Preprocessing, load_model
+from model import LoadedModel, load_model
 from model.inference import PhotoEncoder, plan_inference, resolve_device
 from model.preprocessing import Box
 
@@ -23,6 +23,10 @@ class IncompatibleIndexError(RuntimeError):
 
 PHOTO_SAMPLE = 16  # photo files looked for at load: enough to tell a moved catalogue, cheap on any disk
 IMAGE_ROOT_FIX = "--image-root FOLDER (or SNAP2SHOP_IMAGE_ROOT=FOLDER)"
+MODEL_FIX = "rebuild the index with this model, or serve the index with the model it was built with"
+# A hot reload keeps a configured model rather than follow the index to other weights.
+CONFIGURED_MODEL_FIX = ("the service is configured with this model (--model / SNAP2SHOP_MODEL): rebuild the index "
+                        "with it, or restart the service without --model to serve the index's own")
 
 
 @dataclass(frozen=True)
@@ -108,24 +112,22 @@ class SearchEngine:
         `image_root` where its catalogue photos are when not where they were at build time."""
         opened = open_index(index_dir, store, index_device)
         manifest = opened.manifest
-        if reuse is not None and reuse.checksum == manifest["model"]["checksum"] and reuse.tta_setting == tta:
-            embedder = reuse
-        elif reuse is not None and model_spec:
-            raise IncompatibleIndexError(
-                f"index {opened.version_dir} was built with {manifest['model']['spec']} (weights sha256 "
-                f"{manifest['model']['checksum'][:12]}), not with the configured model {model_spec}"
-            )
-        else:
-            plan = reuse.plan if reuse is not None else plan_inference(resolve_device(device), precision)
-            embedder = PhotoEncoder(load_model(model_spec or manifest["model"]["spec"]), plan, tta)
         try:
+            if reuse is not None and model_spec:
+                manifest.require_model(reuse.model, index=opened.version_dir, error=IncompatibleIndexError,
+                                       hint=CONFIGURED_MODEL_FIX)
+            if reuse is not None and reuse.tta_setting == tta and manifest.model.matches(reuse.model):
+                embedder = reuse
+            else:
+                plan = reuse.plan if reuse is not None else plan_inference(resolve_device(device), precision)
+                embedder = PhotoEncoder(load_model(model_spec or manifest.model.spec), plan, tta)
             check_compatible(opened, embedder.model)
-        except IncompatibleIndexError:
+        except BaseException:
             opened.close()
             raise
         engine = cls(opened, embedder, image_root)
         log.info("serving %s (%d vectors, %d items) with %s; embedder on %s; index on %s", opened.version_dir,
-                 opened.store.count(), manifest["counts"]["items"], embedder.model.spec,
+                 opened.store.count(), manifest.counts.items, embedder.model.spec,
                  " ".join(embedder.plan.describe().values()), engine.index_placement)
         return engine
 
@@ -219,29 +221,15 @@ class SearchEngine:
             "model": {"spec": self.model.spec, "checksum": self.model.checksum,
                       "dim": self.model.model.embedding_dim} | self.plan.describe(),
             "index": {"version": self.version, "vectors": int(self.store.count()),
-                      "items": manifest["counts"]["items"], "factory": manifest["index_factory"],
+                      "items": manifest.counts.items, "factory": manifest.index_factory,
                       "store": self.store.kind, "placement": self.index_placement,
-                      "built_at": manifest["built_at"]},
+                      "built_at": manifest.built_at},
             "photos": self.photos.describe(),
         }
 
 
 def check_compatible(opened: OpenedIndex, loaded: LoadedModel) -> None:
-    manifest = opened.manifest
-    if loaded.model.embedding_dim != opened.store.dim:
-        raise IncompatibleIndexError(
-            f"model {loaded.spec} makes {loaded.model.embedding_dim}-dim embeddings but index "
-            f"{opened.version_dir} holds {opened.store.dim}-dim vectors; rebuild the index with this model"
-        )
-    index_prep = Preprocessing.from_dict(manifest["preprocessing"])
-    if not loaded.config.preprocessing.matches(index_prep):
-        raise IncompatibleIndexError(
-            f"model {loaded.spec} preprocesses photos as {loaded.config.preprocessing.to_dict()} but index "
-            f"{opened.version_dir} was built with {index_prep.to_dict()}; rebuild the index with this model"
-        )
-    if loaded.checksum != manifest["model"]["checksum"]:
-        raise IncompatibleIndexError(
-            f"model {loaded.spec} (weights sha256 {loaded.checksum[:12]}) is not the model index "
-            f"{opened.version_dir} was built with ({manifest['model']['spec']}, sha256 "
-            f"{manifest['model']['checksum'][:12]}); its vectors would not be comparable"
-        )
+    """Queries embedded by `loaded` can be searched against the index's vectors: the same weights,
+    embedding dim and photo preprocessing (open_index has held the store to the manifest's dim)."""
+    opened.manifest.require_model(loaded, index=opened.version_dir, error=IncompatibleIndexError, hint=MODEL_FIX,
+                                  embedding=True)

@@ -63,7 +63,7 @@ class ServiceMetrics:
 
     def set_index(self, engine) -> None:
         self.index_vectors.set(engine.store.count())
-        self.index_items.set(engine.index.manifest["counts"]["items"])
+        self.index_items.set(engine.index.manifest.counts.items)
         self.index_info.clear()
         self.index_info.labels(engine.version, engine.model.spec, engine.model.checksum[:12]).set(1)
 

@@ -173,7 +173,7 @@ def readyz(request: Request) -> JSONResponse:
     last = services.holder.last_reload
     return JSONResponse({
         "ready": True, "index_version": engine.version, "vectors": int(engine.store.count()),
-        "items": engine.index.manifest["counts"]["items"], "model": engine.model.spec,
+        "items": engine.index.manifest.counts.items, "model": engine.model.spec,
         "published_version": published.name if published else None,
         "last_reload": last.to_dict() if last else None,
     } | services.live_numbers())

@@ -414,7 +414,7 @@ def test_indexing_an_adapted_model_reuses_its_cached_maps(shop, tmp_path):
 
     reused, manifest = build("reused", "auto")
     encoded, plain = build("encoded", "off")
-    assert "reused_features" in manifest["timings"] and "reused_features" not in plain["timings"]
+    assert "reused_features" in manifest.timings and "reused_features" not in plain.timings
     # The cache keeps maps in float16: the same vectors up to that rounding.
     assert np.abs(reused - encoded).max() < 2e-3
     assert np.min(np.sum(reused * encoded, axis=1)) > 0.9999
@@ -426,7 +426,7 @@ def test_indexing_an_adapted_model_reuses_its_cached_maps(shop, tmp_path):
     victim = sorted(images.iterdir())[0]
     victim.write_bytes(sorted(images.iterdir())[1].read_bytes())
     _, manifest = build("changed", "auto")
-    assert "reused_features" not in manifest["timings"]
+    assert "reused_features" not in manifest.timings
 
 
 def test_real_shopper_photos_of_a_pairs_csv_are_adapted_on(shop, tmp_path):

@@ -154,7 +154,7 @@ def _photos(folder: Path, count: int) -> Path:
     return folder
 
 
-def _build(out: Path, images: Path, checkpoint: Path, **options) -> dict:
+def _build(out: Path, images: Path, checkpoint: Path, **options):
     from indexer.build import BuildOptions, build_index
     from indexer.manifest import read_manifest
 
@@ -178,14 +178,14 @@ def test_build_runs_and_records_the_batch_the_rule_chose(tmp_path, tiny_checkpoi
     with caplog.at_level(logging.INFO, logger="snap2shop.indexer"):
         manifest = _build(tmp_path / "idx", images, tiny_checkpoint)  # batch_size: the default, auto
     assert passes == [16, 4]
-    assert manifest["encode"] == {"batch_size": 16, "requested_batch_size": "auto"}
+    assert manifest.encode == {"batch_size": 16, "requested_batch_size": "auto"}
     assert "batches of 16 (auto on cpu)" in caplog.text
 
 
 def test_build_records_an_explicit_batch_as_given(tmp_path, tiny_checkpoint, capsys):
     images = _photos(tmp_path / "shop", 6)
     manifest = _build(tmp_path / "idx", images, tiny_checkpoint, batch_size=5)
-    assert manifest["encode"] == {"batch_size": 5, "requested_batch_size": 5}
+    assert manifest.encode == {"batch_size": 5, "requested_batch_size": 5}
     from indexer.__main__ import main
 
     assert main(["info", str(tmp_path / "idx")]) == 0

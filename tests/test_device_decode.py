@@ -142,7 +142,7 @@ def test_the_indexer_cli_takes_both_options(tmp_path, tiny_checkpoint, mixed_fol
     assert main(["build", "--images", str(mixed_folder[0].parent), "--out", str(out), "--model", str(tiny_checkpoint),
                  "--device", "cpu", "--workers", "0", "--quiet", "--jpeg-decode", "device"]) == 0
     _, manifest = read_manifest(out)
-    assert manifest["counts"]["vectors"] == len(mixed_folder) - 1  # all but the damaged photo
-    assert manifest["counts"]["skipped"] == 1
+    assert manifest.counts.vectors == len(mixed_folder) - 1  # all but the damaged photo
+    assert manifest.counts.skipped == 1
     with pytest.raises(SystemExit):
         main(["build", "--images", str(mixed_folder[0].parent), "--out", str(out), "--jpeg-decode", "gpu"])

@@ -25,7 +25,7 @@ from indexer.encode import encode_paths
 from indexer.layout import (CURRENT, FAISS_FILE, MANIFEST, METADATA_FILE, IndexLayoutError,
                             resolve_version_dir, writer_lock)
 from indexer.errors import IndexBuildError, IndexOpenError
-from indexer.manifest import INDEX_FORMAT, INDEX_FORMAT_VERSION
+from indexer.manifest import INDEX_FORMAT, INDEX_FORMAT_VERSION, CatalogSource
 from indexer.store import open_index
 from model import load_model, read_checkpoint_config
 
@@ -105,11 +105,11 @@ def test_build_from_folder_item_ids_are_stems(tmp_path, tiny_checkpoint):
 
     opened = open_index(out)
     assert opened.version_dir == version
-    counts = opened.manifest["counts"]
+    counts = opened.manifest.counts.to_dict()
     assert _core_counts(counts) == {"photos_found": 5, "vectors": 5, "items": 4, "skipped": 0}
     assert opened.faiss_index.ntotal == 5
     assert opened.metadata.count_items() == 4
-    assert opened.manifest["catalog"] == {"image_root": str(images.resolve()), "csv": None}
+    assert opened.manifest.catalog == CatalogSource(image_root=str(images.resolve()), csv=None)
 
     item = opened.metadata.item("100")
     assert item["image_count"] == 2
@@ -126,12 +126,12 @@ def test_build_from_csv_several_photos_per_item(tiny_index, synthetic_catalog, t
     opened = open_index(tiny_index)
     manifest = opened.manifest
 
-    assert manifest["counts"]["vectors"] == 24
-    assert manifest["counts"]["items"] == 12
-    assert manifest["counts"]["photos_found"] == 24
-    assert manifest["counts"]["skipped"] == 0 and manifest["skipped"] == []
-    assert manifest["catalog"]["csv"] == str(synthetic_catalog.resolve())
-    assert manifest["catalog"]["image_root"] == str(synthetic_catalog.parent.resolve())
+    assert manifest.counts.vectors == 24
+    assert manifest.counts.items == 12
+    assert manifest.counts.photos_found == 24
+    assert manifest.counts.skipped == 0 and manifest.skipped == []
+    assert manifest.catalog.csv == str(synthetic_catalog.resolve())
+    assert manifest.catalog.image_root == str(synthetic_catalog.parent.resolve())
     assert opened.faiss_index.ntotal == 24 and opened.metadata.count_images() == 24
 
     with synthetic_catalog.open(newline="") as fh:
@@ -222,8 +222,8 @@ def test_corrupt_and_unreadable_files_are_skipped(tmp_path, tiny_checkpoint):
 
     opened = open_index(out)
     manifest = opened.manifest
-    assert _core_counts(manifest["counts"]) == {"photos_found": 7, "vectors": 3, "items": 3, "skipped": 4}
-    reasons = {Path(s["path"]).name: s["reason"] for s in manifest["skipped"]}
+    assert _core_counts(manifest.counts.to_dict()) == {"photos_found": 7, "vectors": 3, "items": 3, "skipped": 4}
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest.skipped}
     assert set(reasons) == {"text.jpg", "empty.png", "truncated.jpg", "dangling.jpg"}
     assert all(reason.strip() for reason in reasons.values())
     assert "not an image" in reasons["text.jpg"]
@@ -278,8 +278,8 @@ def test_csv_with_images_root(tmp_path, tiny_checkpoint):
     _build(out, tiny_checkpoint, catalog=csv_path, images=photos)
 
     opened = open_index(out)
-    assert opened.manifest["catalog"]["image_root"] == str(photos.resolve())
-    assert opened.manifest["counts"]["items"] == 2
+    assert opened.manifest.catalog.image_root == str(photos.resolve())
+    assert opened.manifest.counts.items == 2
     assert opened.metadata.item("A") == {"item_id": "A", "attributes": {"colour": "red"}, "image_count": 2,
                                          "images": ["x/1.jpg", "x/2.jpg"]}
     assert opened.resolve_image_path("y/3.png") == photos.resolve() / "y" / "3.png"
@@ -320,7 +320,7 @@ def test_failing_rebuild_leaves_previous_version_live(tmp_path, tiny_checkpoint,
     opened = open_index(out)
     assert opened.version_dir == first
     assert opened.faiss_index.ntotal == before == 4
-    assert opened.manifest["index_factory"] == "Flat"
+    assert opened.manifest.index_factory == "Flat"
 
 
 def test_invalid_factory_fails_before_encoding(tmp_path, tiny_checkpoint, small_folder, monkeypatch):
@@ -598,7 +598,7 @@ def test_hnsw_factory_builds_and_searches(tmp_path, tiny_checkpoint):
     _build(out, tiny_checkpoint, images=images, index_factory="HNSW32")
 
     opened = open_index(out)
-    assert opened.manifest["index_factory"] == "HNSW32"
+    assert opened.manifest.index_factory == "HNSW32"
     assert isinstance(opened.faiss_index, faiss.IndexHNSW)
     assert opened.faiss_index.ntotal == 24
     assert opened.faiss_index.metric_type == faiss.METRIC_INNER_PRODUCT

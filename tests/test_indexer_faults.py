@@ -79,7 +79,7 @@ def _assert_previous_version_intact(index_dir: Path, version: Path, vectors: int
     opened = open_index(index_dir)
     assert opened.version_dir == version
     assert opened.faiss_index.ntotal == opened.metadata.count_images() == vectors
-    assert opened.manifest["counts"]["items"] == opened.metadata.count_items() == items
+    assert opened.manifest.counts.items == opened.metadata.count_items() == items
     assert verify_index(index_dir) == []
 
 

@@ -1,6 +1,7 @@
 """`indexer add`, `indexer remove` and `indexer verify`: changing a published index without re-encoding it."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -75,7 +76,7 @@ def test_add_folder_appends_vectors_and_leaves_the_rest_untouched(idx, new_folde
     assert result.already_indexed == [] and result.skipped == []
     opened = open_index(idx)
     assert opened.faiss_index.ntotal == 27 and opened.metadata.count_images() == 27
-    assert opened.manifest["counts"]["vectors"] == 27 and opened.manifest["counts"]["items"] == 15
+    assert opened.manifest.counts.vectors == 27 and opened.manifest.counts.items == 15
     rows = _image_rows(idx)
     assert [r[0] for r in rows] == list(range(27))
     # The new photos lie outside the catalogue root, so their stored paths are absolute.
@@ -105,19 +106,19 @@ def test_add_records_history_and_keeps_the_build_fields(idx, new_folder):
 
     for key in ("model", "dim", "preprocessing", "metric", "index_factory", "catalog", "built_at",
                 "format", "format_version", "timings", "environment"):
-        assert manifest[key] == built[key], key
-    assert manifest["counts"] | {"vectors": 24, "items": 12} == built["counts"]
-    assert len(manifest["history"]) == 1
-    entry = manifest["history"][0]
+        assert getattr(manifest, key) == getattr(built, key), key
+    assert dataclasses.replace(manifest.counts, vectors=24, items=12) == built.counts
+    assert len(manifest.history) == 1
+    entry = manifest.history[0]
     assert entry["operation"] == "add"
-    assert entry["at"] == manifest["updated_at"]
+    assert entry["at"] == manifest.updated_at
     assert (entry["added_vectors"], entry["added_items"], entry["removed_vectors"], entry["removed_items"],
             entry["already_indexed"], entry["skipped"]) == (3, 3, 0, 0, 0, 0)
     assert (entry["vectors"], entry["items"]) == (27, 15)
     assert entry["source"] == {"images": str(new_folder.resolve()), "catalog": None}
 
     remove_items(idx, ["new-1"])
-    history = open_index(idx).manifest["history"]
+    history = open_index(idx).manifest.history
     assert [h["operation"] for h in history] == ["add", "remove"]
     assert (history[1]["removed_vectors"], history[1]["removed_items"], history[1]["vectors"]) == (1, 1, 26)
 
@@ -161,8 +162,8 @@ def test_add_the_same_photos_again_publishes_nothing(idx, new_folder, capsys):
     assert "nothing to add: 3 of the 3 photos are already indexed" in out
     assert "3 photos already indexed" in err and "already indexed as item new-2" in err
     assert resolve_version_dir(idx) == first and _versions(idx) == versions and _staging(idx) == []
-    assert open_index(idx).manifest["history"][-1]["operation"] == "add"
-    assert len(open_index(idx).manifest["history"]) == 1
+    assert open_index(idx).manifest.history[-1]["operation"] == "add"
+    assert len(open_index(idx).manifest.history) == 1
 
 
 def test_photos_already_indexed_are_not_encoded_again(idx, synthetic_catalog, tmp_path, monkeypatch):
@@ -213,7 +214,7 @@ def test_corrupt_photos_are_skipped_and_reported(idx, new_folder, capsys):
     assert rc == 0
     assert "added 3 photos (3 new items)" in out and "now holds 27 photos of 15 items" in out
     assert "skipped 1 photos" in err and "broken.jpg" in err
-    assert open_index(idx).manifest["history"][-1]["skipped"] == 1
+    assert open_index(idx).manifest.history[-1]["skipped"] == 1
     # Run again: the corrupt photo is the only one not indexed; retrying it is not an error.
     rc, out, err = _cli(capsys, "add", idx, "--images", new_folder, "--device", "cpu", "--workers", "0", "--quiet")
     assert rc == 0 and "nothing to add" in out and "1 could not be added" in out and "broken.jpg" in err
@@ -307,7 +308,7 @@ def test_remove_then_add_keeps_ids_and_vectors_aligned(factory, factory_indexes,
     assert (result.removed_vectors, result.vectors, result.items) == (4, 20, 10)
     opened = open_index(idx)
     assert type(opened.faiss_index) is index_type
-    assert opened.faiss_index.ntotal == 20 and opened.manifest["counts"]["vectors"] == 20
+    assert opened.faiss_index.ntotal == 20 and opened.manifest.counts.vectors == 20
     rows = _image_rows(idx)
     assert [r[0] for r in rows] == list(range(20))
     assert {r[1] for r in rows}.isdisjoint({"sku-0002", "sku-0007"})

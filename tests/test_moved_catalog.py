@@ -54,7 +54,7 @@ def _search(client: TestClient, photo: Path) -> dict:
 def test_paths_are_stored_relative_to_the_catalogue_root(moved):
     index, old, _ = moved
     version, manifest = read_manifest(index)
-    assert manifest["catalog"]["image_root"] == str(old.resolve())  # the default root, kept
+    assert manifest.catalog.image_root == str(old.resolve())  # the default root, kept
     with sqlite3.connect(version / METADATA_FILE) as conn:
         paths = [row[0] for row in conn.execute("SELECT path FROM images")]
     assert paths and all(p.startswith("images/") and not Path(p).is_absolute() for p in paths)

@@ -68,7 +68,7 @@ def test_a_ray_build_and_add_match_the_local_ones(tmp_path, tiny_checkpoint, pho
     assert len(local_rows) == 20 and ray_rows == local_rows  # same ids, items, paths and hashes, in order
     np.testing.assert_allclose(ray_vectors, local_vectors, atol=1e-5)
     assert len(ray_skipped) == 2 and ray_skipped == local_skipped  # the same two files, the same reasons
-    assert open_index(tmp_path / "ray").manifest["timings"]["engine"] == "ray"
+    assert open_index(tmp_path / "ray").manifest.timings["engine"] == "ray"
 
 
 def test_without_ray_installed_the_error_says_what_to_install(monkeypatch, tiny_checkpoint, photos):

@@ -204,7 +204,7 @@ def test_byte_identical_photos_of_two_items_tie_deterministically(tmp_path, tiny
     version = build_index(BuildOptions(out=tmp_path / "idx", images=folder, model_spec=str(tiny_checkpoint),
                                        device="cpu", workers=0, progress=False))
     _, manifest = read_manifest(version)
-    assert manifest["duplicate_photo_groups"] == [["a-twin", "b-twin"]]
+    assert manifest.duplicate_photo_groups == [["a-twin", "b-twin"]]
     engine = SearchEngine.load(tmp_path / "idx", device="cpu")
     for _ in range(3):
         hits, _ = engine.search(photo, k=3)

@@ -70,39 +70,40 @@ def build_store(config: StoreConfig, vectors: np.ndarray, categories: Sequence[s
     return FaissStore.build(vectors, choice)
 
 
-def open_store(version_dir: Path, manifest: dict, ids_where: Callable[[str, str], np.ndarray],
+def open_store(version_dir: Path, section: dict, ids_where: Callable[[str, str], np.ndarray],
                override: StoreConfig | None = None, index_device: str = "cpu") -> VectorStore:
     """The live store of a version, to search or to stage the next version from.
 
-    `ids_where(field, value)` gives the vector ids of a metadata filter, for stores that filter by id.
+    `section` is the manifest's `store` (what `persist` returned); `ids_where(field, value)` gives
+    the vector ids of a metadata filter, for stores that filter by id.
     """
-    config = store_config_of(manifest, override)
+    config = store_config_of(section, override)
     if config.kind == "milvus":
         from .milvus import MilvusStore
 
-        return MilvusStore.open(config, manifest)
+        return MilvusStore.open(config, section)
     from .faiss import FaissStore
 
-    return FaissStore.open(version_dir, manifest, ids_where, index_device)
+    return FaissStore.open(version_dir, ids_where, index_device)
 
 
 def release_folder_store(folder: Path, override: StoreConfig | None = None) -> None:
     """Drop the Milvus collection of a removed version or abandoned staging folder (FAISS keeps
     its vectors inside the folder, which goes with it). Best effort: a failure is logged."""
-    section = None
-    for name in ("manifest.json", STAGED_STORE_FILE):
+    from ..manifest import store_section_in
+
+    section = store_section_in(folder)
+    if section is None:
         try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
+            section = json.loads((folder / STAGED_STORE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            continue
-        section = data.get("store") if name == "manifest.json" else data
-        break
-    if not section or section.get("kind") != "milvus" or not section.get("collection_name"):
+            return
+    if not isinstance(section, dict) or section.get("kind") != "milvus" or not section.get("collection_name"):
         return
     try:
         from .milvus import drop_collection
 
-        drop_collection(store_config_of({"store": section}, override), section["collection_name"])
+        drop_collection(store_config_of(section, override), section["collection_name"])
     except Exception as exc:  # clean-up must never fail the change that triggered it
         log.warning("could not drop Milvus collection %s of %s: %s", section.get("collection_name"), folder, exc)
 

@@ -18,11 +18,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
 
 
 STORE_KINDS = ("faiss", "milvus")
@@ -119,7 +122,7 @@ class VectorStore(abc.ABC):
     def persist(self, staging: Path) -> dict:
         """Make a staged store durable beside the staged version; returns the manifest's `store`."""
 
-    def consistency_problems(self, manifest: dict) -> list[str]:
+    def consistency_problems(self, manifest: "Manifest") -> list[str]:
         """Problems only this kind of store can see (`indexer verify`)."""
         return []
 
@@ -133,9 +136,9 @@ class VectorStore(abc.ABC):
         """Release connections and files."""
 
 
-def store_config_of(manifest: dict, override: StoreConfig | None = None) -> StoreConfig:
-    """The store an index version was written to, reached where `override` says (its Milvus URI)."""
-    section = manifest.get("store") or {"kind": "faiss"}  # versions before the seam were all FAISS
+def store_config_of(section: dict, override: StoreConfig | None = None) -> StoreConfig:
+    """The store an index version was written to (its manifest's `store` section), reached where
+    `override` says (its Milvus URI)."""
     kind = section.get("kind", "faiss")
     if override is not None and override.kind != kind:
         raise StoreUnavailableError(f"the index is held in a {kind} store, not in {override.kind} "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from .faiss_placement import GPU_MAX_K, place_index
 from .index_choice import IndexChoice, apply_search_defaults
 from .faiss_vectors import (append_vectors, enable_reconstruction, reconstruct, stores_exact_vectors,
                             without_vectors)
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
 
 # Distinct filters whose vector ids are kept: a version never changes, so their answers keep.
 FILTER_CACHE_SIZE = 256
@@ -42,7 +45,7 @@ class FaissStore(VectorStore):
         return cls(index)
 
     @classmethod
-    def open(cls, version_dir: Path, manifest: dict, ids_where: Callable[[str, str], np.ndarray] | None = None,
+    def open(cls, version_dir: Path, ids_where: Callable[[str, str], np.ndarray] | None = None,
              index_device: str = "cpu") -> "FaissStore":
         import faiss
 
@@ -90,10 +93,10 @@ class FaissStore(VectorStore):
         write_faiss(self.index, staging / FAISS_FILE)
         return {"kind": self.kind}
 
-    def consistency_problems(self, manifest: dict) -> list[str]:
+    def consistency_problems(self, manifest: Manifest) -> list[str]:
         import faiss
 
-        if manifest.get("metric") == "inner_product" and self.index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if manifest.metric == "inner_product" and self.index.metric_type != faiss.METRIC_INNER_PRODUCT:
             return ["metric: the manifest says inner product but the FAISS index uses another metric"]
         return []
 

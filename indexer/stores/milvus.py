@@ -20,13 +20,16 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..errors import IndexBuildError, IndexOpenError, StoreUnavailableError
 from .base import StoreConfig, StoreHits, VectorStore, write_staged_marker
 from .index_choice import IndexChoice
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
 
 log = logging.getLogger("snap2shop.indexer")
 
@@ -234,8 +237,9 @@ class MilvusStore(VectorStore):
     # -- reading -------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: StoreConfig, manifest: dict) -> "MilvusStore":
-        section = dict(manifest["store"])
+    def open(cls, config: StoreConfig, section: dict) -> "MilvusStore":
+        """The collection a version's `store` section names."""
+        section = dict(section)
         client = connect(config.milvus_uri)
         try:
             name = section["collection_name"]
@@ -300,7 +304,7 @@ class MilvusStore(VectorStore):
         parts = [self._rows(ids[start:start + step])[0] for start in range(0, len(ids), step)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
-    def consistency_problems(self, manifest: dict) -> list[str]:
+    def consistency_problems(self, manifest: Manifest) -> list[str]:
         problems = []
         indexes = self.client.list_indexes(self.name)
         if not indexes:
