@@ -107,7 +107,7 @@ def recipe(name: str):
 
 def make_queries(test_photos, recipe_name: str, limit: int):
     """(PIL images, item ids) of `limit` test items' views under one recipe, reproducibly."""
-    from model.views import load_photo
+    from model.training.views import load_photo
 
     synth = recipe(recipe_name)
     seed = RECIPE_SEEDS[recipe_name]
@@ -166,7 +166,7 @@ def catalog_embeddings(loaded, maps_by_size: dict, gallery_photos, workers: int)
                 out.append(loaded.model.embed_feature_maps(torch.from_numpy(maps[start:start + 256]).float()).numpy())
         return np.concatenate(out)
     from model.inference import plan_inference, prepare_model
-    from model.views import View, embed_views
+    from model.training.views import View, embed_views
 
     plan = plan_inference(torch.device("cpu"))
     return embed_views(prepare_model(loaded.model, plan), plan, [View(p) for p in gallery_photos],
@@ -195,10 +195,10 @@ def main() -> int:
     from model.cpu_runtime import keep_freed_memory
 
     keep_freed_memory()  # as the service does: per-query times are the service's
-    from model.adapt import AdaptConfig, adapt, catalog_cache
+    from model.training.adapt import AdaptConfig, adapt, catalog_cache
     from model.checkpoint import LoadedModel, weights_checksum
-    from model.data import read_data
-    from model.evaluate import item_ranks, top_k
+    from model.training.data import read_data
+    from model.training.evaluate import item_ranks, top_k
 
     data = read_data("catalog", args.data, split_csv=args.data / "split.csv")
     gallery = data.shop()

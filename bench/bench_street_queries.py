@@ -28,10 +28,10 @@ def main() -> int:
 
     from demo.synth import street_view
     from model import load_model
-    from model.data import read_data
-    from model.evaluate import build_protocol, item_ranks, top_k
+    from model.training.data import read_data
+    from model.training.evaluate import build_protocol, item_ranks, top_k
     from model.inference import plan_inference, prepare_model, resolve_device
-    from model.views import embed_views
+    from model.training.views import embed_views
 
     data = read_data("catalog", args.data / "images", split_csv=args.data / "split.csv")
     protocol = build_protocol(data, "test")

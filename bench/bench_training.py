@@ -41,9 +41,9 @@ def main() -> int:
 
     from model import load_model
     from model.cpu_runtime import keep_freed_memory
-    from model.data import read_data
-    from model.evaluate import DEFAULT_KS, evaluate, write_report
-    from model.train import TrainConfig, metrics_path, train
+    from model.training.data import read_data
+    from model.training.evaluate import DEFAULT_KS, evaluate, write_report
+    from model.training.train import TrainConfig, metrics_path, train
 
     keep_freed_memory()  # as `python -m model train` does
     images, split_csv = args.data / "images", args.data / "split.csv"

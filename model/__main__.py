@@ -25,7 +25,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from .training.train import TrainConfig
 
     defaults = TrainConfig(data=Path("."), format="catalog", out=Path("x"))
     parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
@@ -75,7 +75,7 @@ def _positive(text: str) -> int:
 
 
 def _add_adapt_parser(verbs) -> None:
-    from .adapt import HEADS, AdaptConfig
+    from .training.adapt import HEADS, AdaptConfig
     from .batch_size import batch_size_arg
 
     defaults = AdaptConfig(data=Path("."), format="catalog", out=Path("x.safetensors"))
@@ -112,7 +112,7 @@ def _add_adapt_parser(verbs) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from .adapt import AdaptConfig, adapt
+    from .training.adapt import AdaptConfig, adapt
 
     config = AdaptConfig(
         data=args.data, format=args.format, out=args.out, split_csv=args.split_csv, crop=args.crop,
@@ -129,7 +129,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, curve_path, metrics_path, train
+    from .training.train import TrainConfig, curve_path, metrics_path, train
 
     config = TrainConfig(
         data=args.data, format=args.format, out=args.out, split_csv=args.split_csv, crop=args.crop,
@@ -146,8 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .data import read_data
-    from .evaluate import DEFAULT_KS, evaluate, write_report
+    from .training.data import read_data
+    from .training.evaluate import DEFAULT_KS, evaluate, write_report
 
     data = read_data(args.format, args.data, split_csv=args.split_csv, crop=args.crop)
     results = []

@@ -1,6 +1,6 @@
 """Reader stage: which photos make up the catalogue, and which item each one shows.
 
-In model/ because both the indexer and training (model/data.py, catalog format) read catalogues."""
+In model/ because both the indexer and training (model/training/data.py, catalog format) read catalogues."""
 from __future__ import annotations
 
 import csv

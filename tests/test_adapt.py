@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.adapt import AdaptConfig, adapt
+from model.training.adapt import AdaptConfig, adapt
 from model.adapted_head import crop_boxes, garment_boxes
-from model.feature_cache import CacheError, CachePart
-from model.whitening import fit_whitening
+from model.training.feature_cache import CacheError, CachePart
+from model.training.whitening import fit_whitening
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small inputs keep every pass cheap; the code paths are the ones a 224 px run takes.
@@ -455,11 +455,11 @@ def test_evaluation_embeds_adapted_queries_as_the_service_does(adapted, shop):
     """model evaluate's query side (embed_views, query=True) crops the garment out of each rendered
     view, through the DataLoader, exactly as embed_query_batch does with the decoded photos."""
     from model import load_model
-    from model.data import read_data
+    from model.training.data import read_data
     from model.inference import embed_query_batch, plan_inference
     from model.preprocessing import build_transform
     from model.synthesis import ConsumerViewSynthesizer
-    from model.views import View, embed_views, render_view
+    from model.training.views import View, embed_views, render_view
 
     loaded = load_model(str(adapted))
     plan = plan_inference(torch.device("cpu"))

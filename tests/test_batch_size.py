@@ -218,7 +218,7 @@ FAST = dict(input_size=64, query_size=96, views=1, dim=8, workers=0, progress=Fa
 
 
 def test_adapt_config_takes_auto_by_default_and_refuses_bad_values(tmp_path):
-    from model.adapt import AdaptConfig
+    from model.training.adapt import AdaptConfig
 
     base = dict(data=tmp_path, format="catalog", out=tmp_path / "a.safetensors")
     assert AdaptConfig(**base).batch_size == "auto"
@@ -230,7 +230,7 @@ def test_adapt_config_takes_auto_by_default_and_refuses_bad_values(tmp_path):
 
 def test_adapt_with_auto_runs_at_the_rules_batch_and_reports_it(tmp_path, monkeypatch):
     from demo.synth import generate_catalog
-    from model import adapt as adapt_module
+    from model.training import adapt as adapt_module
 
     shop = generate_catalog(tmp_path / "shop", n_items=8, photos_per_item=1, size=64, seed=5).parent / "images"
     passes: list[int] = []

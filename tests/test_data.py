@@ -1,4 +1,4 @@
-"""Dataset readers (model/data.py): DeepFashion Consumer-to-shop, pairs CSV, indexer catalogue."""
+"""Dataset readers (model/training/data.py): DeepFashion Consumer-to-shop, pairs CSV, indexer catalogue."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model.data import DataFormatError, Photo, RetrievalData, read_catalog, read_data, read_deepfashion, read_pairs_csv
+from model.training.data import DataFormatError, Photo, RetrievalData, read_catalog, read_data, read_deepfashion, read_pairs_csv
 
 from .deepfashion_tree import write_deepfashion_tree
 
@@ -106,7 +106,7 @@ def test_boxes_are_attached_only_with_crop_and_lie_inside_the_photo(tree):
 def test_missing_bbox_file_leaves_photos_uncropped(tmp_path, caplog):
     root = write_deepfashion_tree(tmp_path / "df", n_items=2, splits=("train", "test"), with_bbox=False, size=48)
 
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="model.training.data"):
         data = read_deepfashion(root, crop=True)
     assert data.summary()["with_bbox"] == 0
     assert "list_bbox_consumer2shop.txt" in caplog.text
@@ -117,7 +117,7 @@ def test_count_line_disagreeing_with_the_rows_is_only_a_warning(tree_copy, caplo
         del lines[-1]  # comsumer_02 x shop_02 of item 8: both photos stay listed by other rows
     _edit_lines(tree_copy / PARTITION, drop_last_row)
 
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="model.training.data"):
         data = read_deepfashion(tree_copy)
     assert len(data.photos) == 32
     assert "announces 32 rows, found 31" in caplog.text
@@ -177,7 +177,7 @@ def test_empty_box_leaves_that_photo_uncropped(tree_copy, caplog):
         lines[2] = f"{name} {kind} {source} {x0} {y0} {x0} {y0}"
     _edit_lines(tree_copy / BBOX, flatten)
 
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="model.training.data"):
         data = read_deepfashion(tree_copy)
     assert data.summary()["with_bbox"] == 31
     assert data.shop_by_item()["id_00000001"][0].bbox is None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.evaluate import _max_per_item, item_ranks, top_k
+from model.training.evaluate import _max_per_item, item_ranks, top_k
 
 
 def test_max_per_item_takes_each_items_best_photo():

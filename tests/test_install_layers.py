@@ -15,7 +15,7 @@ def test_demo_and_service_import_without_the_test_stack():
     # Each test-only package made unimportable, as on a machine that ran only `make demo`.
     blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in TEST_ONLY)
     code = (f"import sys; {blocked}; import demo.__main__, service.app, service.__main__, indexer.__main__, "
-            "indexer.build, model.adapt, model.__main__")
+            "indexer.build, model.training.adapt, model.__main__")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -1,7 +1,8 @@
 """The import structure the README's Layout promises, read from the source with ast (nothing is run):
 model/ is the lowest layer of the product, so no module of it imports indexer/ or service/, and no
 module of the product reaches itself again through its imports (no import loops), counting imports
-inside functions too."""
+inside functions too. Inside model/, the network and its inference (the top-level modules) sit below
+model.synthesis, which sits below model.training: only the CLI (model/__main__.py) reaches up."""
 from __future__ import annotations
 
 import ast
@@ -86,6 +87,59 @@ def _loops(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+def _reaches(graph: dict[str, set[str]], module: str, package: str) -> list[str]:
+    """The modules of package (itself or below it) that module imports directly."""
+    return sorted(e for e in graph[module] if e == package or e.startswith(package + "."))
+
+
+def _model_layer_breaches(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    breaches = {}
+    for name in sorted(graph):
+        if name != "model" and not name.startswith("model."):
+            continue
+        if name.startswith(("model.training", "model.synthesis")):
+            above = ("model.training",) if name.startswith("model.synthesis") else ()
+        elif name == "model.__main__":
+            above = ()
+        else:  # model itself and its top-level modules: the network and its inference
+            above = ("model.training", "model.synthesis")
+        found = [m for package in above for m in _reaches(graph, name, package)]
+        if found:
+            breaches[name] = found
+    return breaches
+
+
+def test_the_network_imports_neither_training_nor_synthesis_and_synthesis_not_training():
+    graph = _module_graph(ROOT, ("model",))
+    assert {"model.training", "model.synthesis", "model.embedder"} <= graph.keys()
+    assert _model_layer_breaches(graph) == {}
+
+
+def test_the_layer_check_sees_relative_and_absolute_imports_up(tmp_path):
+    pkg = tmp_path / "model"
+    for sub in ("training", "synthesis"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "training" / "adapt.py").write_text("from ..synthesis import cutout\n")  # down: allowed
+    (pkg / "training" / "views.py").write_text("")
+    (pkg / "synthesis" / "cutout.py").write_text("from ..embedder import x\n")  # down: allowed
+    (pkg / "synthesis" / "scenes.py").write_text("def f():\n    from ..training.views import y\n")
+    (pkg / "embedder.py").write_text("from .training.adapt import y\n")
+    (pkg / "inference.py").write_text("from . import synthesis\n")
+    (pkg / "checkpoint.py").write_text("import model.training.views\n")
+    (pkg / "pooling.py").write_text("from .training import views\n")
+    (pkg / "config.py").write_text("from ..training import x\n")  # above model/, so not model.training
+    (pkg / "__main__.py").write_text("from .training.adapt import adapt\nfrom .synthesis import cutout\n")
+    assert _model_layer_breaches(_module_graph(tmp_path, ("model",))) == {
+        "model.checkpoint": ["model.training.views"],
+        "model.embedder": ["model.training.adapt"],
+        "model.inference": ["model.synthesis"],
+        "model.pooling": ["model.training", "model.training.views"],
+        "model.synthesis.scenes": ["model.training.views"],
+    }
 
 
 def test_no_import_loops_in_the_product():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.losses import batch_hard_triplet_loss, euclidean_distances, triplet_loss
+from model.training.losses import batch_hard_triplet_loss, euclidean_distances, triplet_loss
 
 
 def test_euclidean_distances_match_torch_cdist():

@@ -1,4 +1,4 @@
-"""Behavioural tests for model/synthesis.py: shopper-style photos synthesised from shop photos."""
+"""Behavioural tests for model/synthesis/: shopper-style photos synthesised from shop photos."""
 from __future__ import annotations
 
 import colorsys

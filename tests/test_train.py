@@ -12,9 +12,9 @@ from safetensors import safe_open
 from model import load_model
 from model.__main__ import main as model_main
 from model.checkpoint import read_checkpoint_config
-from model.data import read_data
-from model.evaluate import evaluate
-from model.train import TrainConfig, curve_path, metrics_path, state_path, train
+from model.training.data import read_data
+from model.training.evaluate import evaluate
+from model.training.train import TrainConfig, curve_path, metrics_path, state_path, train
 
 from .deepfashion_tree import write_deepfashion_tree
 

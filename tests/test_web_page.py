@@ -214,7 +214,7 @@ def adapted_server(tmp_path_factory):
     """The service over an index of a model adapted to a small catalogue (its query side finds garments)."""
     from demo.synth import generate_catalog
     from indexer.build import BuildOptions, build_index
-    from model.adapt import AdaptConfig, adapt
+    from model.training.adapt import AdaptConfig, adapt
 
     work = tmp_path_factory.mktemp("adapted-web")
     images = generate_catalog(work / "shop", n_items=16, photos_per_item=1, size=96, seed=3).parent / "images"

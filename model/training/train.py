@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .backbones import get_backbone
-from .checkpoint import build_from_backbone, load_checkpoint, save_checkpoint
+from ..backbones import get_backbone
+from ..checkpoint import build_from_backbone, load_checkpoint, save_checkpoint
 from .data import RetrievalData, read_data
-from .embedder import Embedder
-from .inference import plan_inference, prepare_model, resolve_device
+from ..embedder import Embedder
+from ..inference import plan_inference, prepare_model, resolve_device
 from .losses import batch_hard_triplet_loss, triplet_loss
 from .triplets import (NEGATIVE_STRATEGIES, ItemBatchDataset, TripletDataset, adjacent_negatives,
                        collate_item_batches, hard_negatives)
@@ -118,7 +118,7 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim
 def _synthesizer(data: RetrievalData):
     if data.consumer():
         return None
-    from .synthesis import ConsumerViewSynthesizer
+    from ..synthesis import ConsumerViewSynthesizer
 
     return ConsumerViewSynthesizer()
 

@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import LoadedModel
+from ..checkpoint import LoadedModel
 from .data import RetrievalData
-from .inference import plan_inference, prepare_model, resolve_device
+from ..inference import plan_inference, prepare_model, resolve_device
 from .views import View, embed_views
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
@@ -89,7 +89,7 @@ def evaluate(data: RetrievalData, loaded: LoadedModel, split: str = "test", devi
         raise ValueError(f"the {split!r} split has no queries or no gallery to evaluate on")
     synthesizer = None
     if protocol.synthesised:
-        from .synthesis import ConsumerViewSynthesizer
+        from ..synthesis import ConsumerViewSynthesizer
 
         synthesizer = ConsumerViewSynthesizer()
     plan = plan_inference(resolve_device(device))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapted_head import SIDES, ForegroundHead, weighted_gem
+from ..adapted_head import SIDES, ForegroundHead, weighted_gem
 from .whitening import Whitening, fit_whitening
 
 log = logging.getLogger("snap2shop.adapt")

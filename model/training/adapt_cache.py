@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .adapt_data import frames_to_tensor
-from .adapted_head import crop_boxes
-from .config import Preprocessing
+from ..adapted_head import crop_boxes
+from ..config import Preprocessing
 from .feature_cache import CachePart
-from .inference import InferencePlan, inference_context, on_device
+from ..inference import InferencePlan, inference_context, on_device
 
 log = logging.getLogger("snap2shop.adapt")
 

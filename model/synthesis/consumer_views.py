@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .cutout import cutout_mask, product_mask
-from .preprocessing import ImageDecodeError, load_image
+from ..preprocessing import ImageDecodeError, load_image
 from .scenes import procedural_background, random_colour, skin_tone, value_noise
 
 Range = tuple[float, float]

@@ -22,14 +22,14 @@ import torch
 from .adapt_cache import encode_crops, encode_rows
 from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
 from .adapt_fit import fit_foreground, fit_projection, pool, sample_cells
-from .adapted_head import BOX_RULE, garment_boxes
-from .batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
-from .checkpoint import build_from_backbone, save_checkpoint, weights_checksum
-from .config import AdapterConfig, EmbedderConfig, Preprocessing
+from ..adapted_head import BOX_RULE, garment_boxes
+from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
+from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
+from ..config import AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
-from .embedder import Embedder
+from ..embedder import Embedder
 from .feature_cache import CachePart
-from .inference import plan_inference, prepare_model, resolve_device
+from ..inference import plan_inference, prepare_model, resolve_device
 
 log = logging.getLogger("snap2shop.adapt")
 
@@ -79,7 +79,7 @@ class AdaptConfig:
         parse_batch_size(self.batch_size, "--batch-size")
         if self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
             raise ValueError("--shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
-        from .synthesis import VIEW_STYLES
+        from ..synthesis import VIEW_STYLES
 
         self.view_styles = tuple(self.view_styles)
         unknown = [s for s in self.view_styles if s not in VIEW_STYLES]
@@ -161,7 +161,7 @@ def adapt(config: AdaptConfig) -> Path:
 
     synthesizers = [None]
     if synthesised:
-        from .synthesis import VIEW_STYLES, ConsumerViewSynthesizer
+        from ..synthesis import VIEW_STYLES, ConsumerViewSynthesizer
 
         synthesizers = [ConsumerViewSynthesizer(VIEW_STYLES[config.view_styles[n % len(config.view_styles)]])
                         for n in range(config.views)]

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .config import Preprocessing
-from .cutout import product_mask
+from ..config import Preprocessing
+from ..synthesis.cutout import product_mask
 from .data import Photo
-from .preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor, load_input_image
+from ..preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor, load_input_image
 from .views import load_photo
 
 VIEW_SEED = 7_000_000  # adaptation's views; evaluation draws its own from another seed

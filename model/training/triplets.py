@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .config import Preprocessing
+from ..config import Preprocessing
 from .data import Photo, RetrievalData
-from .preprocessing import build_transform
+from ..preprocessing import build_transform
 from .views import Synthesizer, View, render_view
 
 NEGATIVE_STRATEGIES = ("batch-hard", "adjacent", "hard")

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .config import Preprocessing
+from ..config import Preprocessing
 from .data import Photo
-from .inference import InferencePlan, embed_batch, embed_query_batch
-from .preprocessing import build_transform, load_image
+from ..inference import InferencePlan, embed_batch, embed_query_batch
+from ..preprocessing import build_transform, load_image
 
 Synthesizer = Callable[[Image.Image, random.Random], Image.Image]
 BOX_PADDING = 0.1  # DeepFashion boxes are tight; a margin keeps the garment's outline

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .catalog import CatalogError, entries_from_csv, entries_from_folder
+from ..catalog import CatalogError, entries_from_csv, entries_from_folder
 
 log = logging.getLogger(__name__)
 
