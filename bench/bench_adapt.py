@@ -153,13 +153,18 @@ def at_query_size(loaded, size: int | None):
 
 
 def catalog_embeddings(loaded, maps_by_size: dict, gallery_photos, workers: int):
-    """Catalogue vectors from cached maps when the cache holds this backbone at this size, else a pass."""
+    """Catalogue vectors from cached maps when the cache holds this backbone at this size, else a pass.
+
+    `maps_by_size` maps (backbone checksum, input size) to maps: a checkpoint whose backbone was tuned
+    must not be scored on the frozen backbone's catalogue maps."""
     import numpy as np
     import torch
 
-    size = loaded.config.preprocessing.input_size
-    if size in maps_by_size:
-        maps = maps_by_size[size]
+    from model.checkpoint import weights_checksum
+
+    key = (weights_checksum(loaded.model.backbone), loaded.config.preprocessing.input_size)
+    if key in maps_by_size:
+        maps = maps_by_size[key]
         out = []
         with torch.inference_mode():
             for start in range(0, len(maps), 256):
@@ -218,7 +223,8 @@ def main() -> int:
         part = catalog_cache(args.cache, "efficientnet-lite0", weights_checksum(base.backbone),
                              base.config.preprocessing, gallery)
         if part.complete():
-            maps_by_size[base.config.preprocessing.input_size] = part.read(["maps"])["maps"]
+            key = (weights_checksum(base.backbone), base.config.preprocessing.input_size)
+            maps_by_size[key] = part.read(["maps"])["maps"]
 
     def score(name: str, loaded: LoadedModel, extra: dict, crop_from: str = "photo") -> None:
         started = time.perf_counter()
