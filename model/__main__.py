@@ -74,6 +74,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _add_adapt_parser(verbs) -> None:
     from .training.adapt import HEADS, AdaptConfig
     from .batch_size import batch_size_arg
@@ -106,6 +126,13 @@ def _add_adapt_parser(verbs) -> None:
                        help="plain GeM instead of foreground-weighted pooling (implies --no-locate)")
     adapt.add_argument("--no-locate", dest="locate", action="store_false",
                        help="embed the whole query instead of the garment crop")
+    adapt.add_argument("--tune-blocks", type=_count, default=None,
+                       help="backbone blocks to tune on the cached trunk activations; 0: a frozen backbone "
+                            "(default: 1 for efficientnet-lite, 0 for the others)")
+    adapt.add_argument("--tune-epochs", type=_positive, default=defaults.tune_epochs,
+                       help="epochs of that tuning (default %(default)s)")
+    adapt.add_argument("--tune-lr", type=_fraction, default=defaults.tune_lr,
+                       help="its peak learning rate, one-cycle (default %(default)s; 1e-4 diverged)")
     adapt.add_argument("--shard-rows", type=_positive, default=defaults.shard_rows,
                        help="rows per cache shard, the most a killed run loses (default %(default)s)")
     adapt.add_argument("--seed", type=int, default=0)
@@ -121,6 +148,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         cache=args.cache, device=args.device, batch_size=args.batch_size,
         workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
         locate=args.locate and args.foreground, shard_rows=args.shard_rows, seed=args.seed,
+        tune_blocks=args.tune_blocks, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
         progress=not args.quiet,
     )
     out = adapt(config)

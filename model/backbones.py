@@ -53,6 +53,13 @@ class EfficientNetLiteFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
+    def stages(self) -> tuple[list[nn.Module], int]:
+        """The forward pass (in eval mode) as a chain of modules, and how many of them follow the
+        last block: the stem, each MBConv block, the conv head."""
+        net = self.net
+        return [nn.Sequential(net._conv_stem, net._bn0, net._swish), *net._blocks,
+                nn.Sequential(net._conv_head, net._bn1, net._swish)], 1
+
 
 class TorchvisionResNetFeatures(nn.Module):
     def __init__(self, arch: str) -> None:
@@ -64,6 +71,23 @@ class TorchvisionResNetFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def stages(self) -> tuple[list[nn.Module], int]:
+        """The forward pass as a chain of modules (the stem, each residual block), none after the last block."""
+        return [self.body[:4], *(block for layer in self.body[4:] for block in layer)], 0
+
+
+def split_backbone(backbone: nn.Module, blocks: int) -> tuple[nn.Module, nn.Module]:
+    """(trunk, tail): the backbone cut before its last `blocks` blocks. Both share the backbone's
+    parameters, so training the tail trains the backbone, and tail(trunk(x)) == backbone(x)."""
+    if not hasattr(backbone, "stages"):
+        raise ValueError(f"{type(backbone).__name__} cannot be split into a frozen trunk and a tuned tail")
+    stages, after = backbone.stages()
+    block_count = len(stages) - 1 - after  # the stem is no block
+    if not 1 <= blocks < block_count:
+        raise ValueError(f"this backbone has {block_count} blocks: tune between 1 and {block_count - 1}, got {blocks}")
+    cut = len(stages) - after - blocks
+    return nn.Sequential(*stages[:cut]), nn.Sequential(*stages[cut:])
 
 
 def _lite_pretrained(variant: str) -> Callable[[nn.Module], None]:

@@ -353,6 +353,67 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
 
 # --- bad input ----------------------------------------------------------------------------------
 
+# --- tuning the backbone's last block ---------------------------------------------------------------
+
+def _imagenet_backbone() -> dict[str, torch.Tensor]:
+    from model.checkpoint import build_from_backbone
+
+    return build_from_backbone("efficientnet-lite0", "imagenet").backbone.state_dict()
+
+
+def _tail_key(key: str) -> bool:
+    return key.startswith(("net._blocks.15.", "net._conv_head.", "net._bn1."))
+
+
+def test_tuning_trains_only_the_last_block_and_its_maps_are_cached_for_indexing(adapted):
+    from model import load_model
+    from model.checkpoint import weights_checksum
+
+    report = json.loads(adapted.with_name("a.adapt.json").read_text())
+    tuning = report["tuning"]
+    # 16 items are too few to hold any out: nothing to choose on, so the tuned model ships.
+    assert tuning["shipped"] == "tuned" and tuning["held_out_top1"] == {"frozen": None, "tuned": None}
+    assert len(tuning["loss"]) == tuning["config"]["epochs"] == 2 and tuning["views"] == 32
+    assert {"tune_s", "refit_s"} <= set(report["timings"])
+    tuned, imagenet = load_model(str(adapted)).model.backbone.state_dict(), _imagenet_backbone()
+    changed = {k for k, v in imagenet.items() if not torch.equal(tuned[k], v)}
+    assert changed and all(_tail_key(k) for k in changed)
+    assert not any("running_" in k for k in changed)  # BatchNorm statistics stay frozen
+    cache = adapted.parent / "cache"
+    assert len(list(cache.glob("trunk-*"))) == 3 and len(list(cache.glob("tune-*.pt"))) == 1  # catalogue, 2 crop sets
+    # The frozen backbone's catalogue maps, and the tuned one's that `indexer build` reads.
+    sums = {json.loads((p / "cache.json").read_text())["backbone_sha256"] for p in cache.glob("catalog-*")}
+    assert sums == {weights_checksum(load_model(str(adapted)).model.backbone),
+                    weights_checksum(load_model("efficientnet-lite0").model.backbone)}
+
+
+def test_the_frozen_backbone_ships_when_tuning_finds_no_more(shop, tmp_path, monkeypatch):
+    import model.training.adapt as adapt_module
+    from model import load_model
+
+    verdicts = iter([0.5, 0.4])  # held-out top-1: the frozen projection's, then the tuned one's
+    monkeypatch.setattr(adapt_module, "_held_out_top1", lambda projection: next(verdicts))
+    out = tmp_path / "a.safetensors"
+    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=tmp_path / "cache", **FAST | {"views": 1}))
+    tuning = json.loads(out.with_name("a.adapt.json").read_text())["tuning"]
+    assert tuning["shipped"] == "frozen" and tuning["held_out_top1"] == {"frozen": 0.5, "tuned": 0.4}
+    served = load_model(str(out)).model.backbone.state_dict()
+    assert all(torch.equal(served[k], v) for k, v in _imagenet_backbone().items())
+    assert len(list((tmp_path / "cache").glob("catalog-*"))) == 1  # the tuned maps are not left behind
+
+
+def test_no_tuning_keeps_no_trunk_activations(shop, tmp_path):
+    from model import load_model
+
+    out = tmp_path / "a.safetensors"
+    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=tmp_path / "cache",
+                      **FAST | {"views": 1, "tune_blocks": 0}))
+    assert json.loads(out.with_name("a.adapt.json").read_text())["tuning"] is None
+    assert not list((tmp_path / "cache").glob("trunk-*")) and not list((tmp_path / "cache").glob("tune-*"))
+    served = load_model(str(out)).model.backbone.state_dict()
+    assert all(torch.equal(served[k], v) for k, v in _imagenet_backbone().items())
+
+
 def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -364,6 +425,10 @@ def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
         (["--data", str(shop), "--format", "catalog", "--out", out, "--view-styles", "default,dusk"], "--view-styles"),
         (["--data", str(shop), "--format", "catalog", "--out", str(tmp_path / "no" / "a.safetensors")],
          "does not exist"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-blocks", "-1"], "--tune-blocks"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-blocks", "16"], "blocks"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-epochs", "0"], "--tune-epochs"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-lr", "2"], "--tune-lr"),
     ]
     for args, words in cases:
         result = _run_cli("adapt", *args, "--cache", str(tmp_path / "cache"))

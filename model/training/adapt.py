@@ -1,13 +1,16 @@
 """`python -m model adapt`: a trained embedder without a GPU.
 
-The backbone stays frozen. Its feature maps of the catalogue and of shoppers' views (synthesised
-from the shop photos, or real ones) are computed once into a resumable cache; a head is fitted on
-the cache in seconds: the foreground net, the garment crop of the query side, foreground-weighted
-GeM, learned whitening and per-side residual heads. The output is an ordinary checkpoint that the
-indexer and the service load like any other.
+The backbone's feature maps of the catalogue and of shoppers' views (synthesised from the shop
+photos, or real ones) are computed once into a resumable cache; a head is fitted on the cache in
+seconds: the foreground net, the garment crop of the query side, foreground-weighted GeM, learned
+whitening and per-side residual heads. Then (EfficientNet-Lite: by default) the backbone's last
+block is tuned on the trunk activations the passes kept and the projection refitted on its
+features; the tuned model ships if it finds held-out items better. The output is an ordinary
+checkpoint that the indexer and the service load like any other.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -19,16 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapt_cache import encode_crops, encode_rows
+from .adapt_cache import TrunkAndMaps, encode_crops, encode_rows
 from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
-from .adapt_fit import fit_foreground, fit_projection, pool, sample_cells
+from .adapt_fit import Projection, fit_foreground, fit_projection, held_out_items, pool, sample_cells
 from ..adapted_head import BOX_RULE, garment_boxes
+from ..backbones import split_backbone
 from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
 from ..config import AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
 from ..embedder import Embedder
-from .feature_cache import CachePart
+from .feature_cache import CachePart, fingerprint_hash
+from .tune_tail import TuneConfig, build_pairs, pooled_through_tail, train_tail, write_tail_maps
 from ..inference import plan_inference, prepare_model, resolve_device
 
 log = logging.getLogger("snap2shop.adapt")
@@ -70,6 +75,12 @@ class AdaptConfig:
     crop_margin: float = 0.1
     max_cells: int = 300_000
     shard_rows: int = 256           # rows per cache shard: what a killed run can lose
+    # Blocks of the backbone to tune on the cached trunk activations (tune_tail.py). None: one for
+    # the EfficientNet-Lite backbones (measured, README "Adapt"), none for the others (unmeasured,
+    # and a ResNet's trunk activations are 2048 channels a row on disk).
+    tune_blocks: int | None = None
+    tune_epochs: int = 2
+    tune_lr: float = 3e-5
     seed: int = 0
     progress: bool = True
 
@@ -91,6 +102,9 @@ class AdaptConfig:
             raise ValueError("--query-size, --view-size and --input-size must be between 64 and 1024 pixels")
         if self.locate and not self.foreground:
             raise ValueError("--locate needs the foreground head (drop --no-foreground)")
+        if self.tune_blocks is not None and self.tune_blocks < 0:
+            raise ValueError(f"--tune-blocks must be 0 (no tuning) or more, got {self.tune_blocks}")
+        TuneConfig(blocks=1, epochs=self.tune_epochs, lr=self.tune_lr)  # its own checks
         if Path(self.out).suffix != ".safetensors":
             raise ValueError(f"--out must name a .safetensors file, got {self.out}")
 
@@ -148,6 +162,11 @@ def adapt(config: AdaptConfig) -> Path:
     log.info("backbone passes in batches of %s", describe_batch_size(config.batch_size, batch_size, plan.device))
     config = replace(config, batch_size=batch_size)
     backbone = prepare_model(model.backbone, plan)
+    tune_blocks = _tune_blocks(config)
+    keeping = backbone  # the catalogue's and crops' passes: with the trunk activations when tuning
+    if tune_blocks:
+        trunk, tail = split_backbone(model.backbone, tune_blocks)
+        keeping = prepare_model(TrunkAndMaps(trunk, tail), plan)
     cache_root = Path(config.cache) if config.cache else default_cache_dir()
     base = {"backbone": config.backbone, "backbone_sha256": backbone_sum}
 
@@ -155,8 +174,8 @@ def adapt(config: AdaptConfig) -> Path:
     cat_rows = catalog_rows(shop_photos)
     cat_part = catalog_cache(cache_root, config.backbone, backbone_sum, prep, shop_photos, config.shard_rows)
     t0 = time.perf_counter()
-    encode_rows(cat_part, RowDataset(cat_rows, prep), backbone, plan, config.batch_size, config.workers,
-                config.progress, "catalogue")
+    encode_rows(cat_part, RowDataset(cat_rows, prep), keeping, plan, config.batch_size, config.workers,
+                config.progress, "catalogue", _trunk_part(cat_part, tune_blocks))
     timings["catalog_s"] = time.perf_counter() - t0
 
     synthesizers = [None]
@@ -207,8 +226,8 @@ def adapt(config: AdaptConfig) -> Path:
             fingerprint = {"views": part.dir.name, "foreground": fg_sum, "box_rule": BOX_RULE,
                            "margin": config.crop_margin, "prep": prep.to_dict()}
             crop_part = CachePart(cache_root, "crops", fingerprint, part.rows, config.shard_rows).open()
-            encode_crops(crop_part, part, locate, backbone, plan, view_prep, prep.input_size,
-                         config.batch_size, config.progress)
+            encode_crops(crop_part, part, locate, keeping, plan, view_prep, prep.input_size,
+                         config.batch_size, config.progress, _trunk_part(crop_part, tune_blocks))
             query_parts.append(crop_part)
     timings["crops_s"] = time.perf_counter() - t0
 
@@ -223,10 +242,51 @@ def adapt(config: AdaptConfig) -> Path:
     c_items = np.array(sorted(first_photo))
     c_rows = np.array([first_photo[i] for i in c_items], np.int64)
     q_ok = view_info["ok"]
-    q_items = np.array([r.photo.item_id for r in v_rows])[q_ok]
-    projection = fit_projection(q_pooled[q_ok], q_items, cat_pooled[c_rows], c_items, config.dim, config.head,
+    v_items = np.array([r.photo.item_id for r in v_rows])
+    projection = fit_projection(q_pooled[q_ok], v_items[q_ok], cat_pooled[c_rows], c_items, config.dim, config.head,
                                 seed=config.seed)
     timings["fit_s"] = time.perf_counter() - t0
+
+    tuning = None
+    if tune_blocks:
+        frozen_tail = copy.deepcopy(tail.state_dict())
+        held = held_out_items(len(c_items), seed=config.seed)  # those fit_projection chooses the head on
+        cat_trunk = _trunk_part(cat_part, tune_blocks)
+        q_trunks = [_trunk_part(part, tune_blocks) for part in query_parts]
+        pairs, use = build_pairs(cat_trunk, q_trunks, query_parts, cat_part, foreground, c_rows, c_items, v_items, q_ok, held)
+        init = fit_projection(q_pooled[use], v_items[use], cat_pooled[c_rows[~held]], c_items[~held], config.dim,
+                              "whiten", seed=config.seed).whitening
+        tune_config = TuneConfig(blocks=tune_blocks, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
+        state_key = {"catalog": cat_part.dir.name, "queries": [part.dir.name for part in query_parts],
+                     "foreground": weights_checksum(foreground) if foreground else None, "items": fingerprint_hash(list(c_items[~held])),
+                     "dim": config.dim, "tune": asdict(tune_config)}
+        t0 = time.perf_counter()
+        tuning = train_tail(tail, pairs, init, tune_config, adapter.gem_p, plan.device,
+                            cache_root / f"tune-{fingerprint_hash(state_key)}.pt", config.progress)
+        del pairs
+        timings["tune_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # The tuned backbone's catalogue maps: the projection's refit reads them, and so can `indexer build`.
+        tuned_part = catalog_cache(cache_root, config.backbone, weights_checksum(model.backbone), prep, shop_photos,
+                                   config.shard_rows).open()
+        write_tail_maps(cat_part, cat_trunk, tuned_part, tail, plan.device)
+        tuned_cat = _pooled(tuned_part, foreground, adapter.gem_p)
+        tuned_q = np.concatenate([pooled_through_tail(part, tail, foreground, adapter.gem_p, plan.device)
+                                  for part in q_trunks])
+        tuned = fit_projection(tuned_q[q_ok], v_items[q_ok], tuned_cat[c_rows], c_items, config.dim, config.head,
+                               seed=config.seed)
+        timings["refit_s"] = time.perf_counter() - t0
+        frozen_val, tuned_val = _held_out_top1(projection), _held_out_top1(tuned)
+        keep_tuned = frozen_val is None or tuned_val is None or tuned_val > frozen_val
+        tuning |= {"held_out_top1": {"frozen": frozen_val, "tuned": tuned_val},
+                   "shipped": "tuned" if keep_tuned else "frozen", "frozen_projection": projection.validation}
+        log.info("tuned backbone: held-out top-1 %s (frozen %s): ships the %s one", tuned_val, frozen_val,
+                 tuning["shipped"])
+        if keep_tuned:
+            projection = tuned
+        else:
+            tail.load_state_dict(frozen_tail)
+            tuned_part.remove()
 
     adapter = replace(adapter, dim=projection.whitening.projection.shape[0], residual=projection.residuals is not None)
     embed_config = EmbedderConfig(backbone=config.backbone, preprocessing=prep,
@@ -238,11 +298,32 @@ def adapt(config: AdaptConfig) -> Path:
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
               "views_per_item": config.views if synthesised else None,
               "view_styles": list(config.view_styles) if synthesised else None, "skipped": skipped,
-              "projection": projection.validation, "timings": {k: round(v, 1) for k, v in timings.items()}}
+              "projection": projection.validation, "tuning": tuning, "timings": {k: round(v, 1) for k, v in timings.items()}}
     save_checkpoint(adapted, out, extra_metadata={"adapt": report})
     out.with_name(out.stem + ".adapt.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("adapted in %.1f min: %s", timings["total_s"] / 60, report["timings"])
     return out
+
+
+def _trunk_part(part: CachePart, blocks: int) -> CachePart | None:
+    """Where the trunk activations (below the last `blocks` blocks) of a part's rows are kept."""
+    if not blocks:
+        return None
+    return CachePart(part.dir.parent, "trunk", {"of": part.dir.name, "blocks": blocks}, part.rows,
+                     part.shard_size).open()
+
+
+def _tune_blocks(config: AdaptConfig) -> int:
+    if config.tune_blocks is not None:
+        return config.tune_blocks
+    return 1 if config.backbone.startswith("efficientnet-lite") else 0
+
+
+def _held_out_top1(projection: Projection) -> float | None:
+    """The shipped head's top-1 on the held-out items (None: fit_projection held none out)."""
+    scores = [projection.validation.get(key, {}).get("top1") for key in ("val_whiten", "val_residual")]
+    scores = [s for s in scores if s is not None]
+    return max(scores) if scores else None
 
 
 def _read_parts(parts: list[CachePart], keys: list[str]) -> dict[str, np.ndarray]:

@@ -5,6 +5,10 @@
 2. `encode_crops`: each cached view frame cropped to the garment box that the fitted foreground
    head reads off its cached map (exactly what the query side does at serving time) -> the crop's
    feature map at the catalogue's input size.
+
+Given a `TrunkAndMaps` backbone and a `trunk_part`, both passes also keep the frozen trunk's
+activations there (a part of its own: the maps' cache is the same whether they are kept or not),
+which is what tuning the backbone's last blocks trains on (tune_tail.py) without another pass.
 """
 from __future__ import annotations
 
@@ -24,9 +28,26 @@ from ..inference import InferencePlan, inference_context, on_device
 
 log = logging.getLogger("snap2shop.adapt")
 
-def run_backbone(backbone: torch.nn.Module, images: torch.Tensor, plan: InferencePlan) -> torch.Tensor:
+
+class TrunkAndMaps(torch.nn.Module):
+    """A backbone split as trunk -> tail that returns both the trunk's activations and the maps."""
+
+    def __init__(self, trunk: torch.nn.Module, tail: torch.nn.Module) -> None:
+        super().__init__()
+        self.trunk, self.tail = trunk, tail
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inner = self.trunk(images)
+        return inner, self.tail(inner)
+
+
+def run_backbone(backbone: torch.nn.Module, images: torch.Tensor, plan: InferencePlan) -> dict[str, np.ndarray]:
+    """{"maps": fp16 feature maps} and, for a TrunkAndMaps backbone, {"trunk": fp16 activations}."""
     with inference_context(plan):
-        return backbone(on_device(images, plan)).float()
+        out = backbone(on_device(images, plan))
+    if isinstance(out, tuple):
+        return {"trunk": out[0].half().cpu().numpy(), "maps": out[1].half().cpu().numpy()}
+    return {"maps": out.half().cpu().numpy()}
 
 
 def _collate(items: list[dict]) -> dict:
@@ -37,12 +58,23 @@ def _collate(items: list[dict]) -> dict:
     return out
 
 
+def _missing(part: CachePart, trunk_part: CachePart | None) -> list[int]:
+    return sorted(set(part.missing()) | set(trunk_part.missing() if trunk_part else ()))
+
+
+def _write(part: CachePart, trunk_part: CachePart | None, shard: int, rows: dict[str, np.ndarray]) -> None:
+    trunk = rows.pop("trunk", None)
+    if trunk_part is not None:
+        trunk_part.write(shard, {"trunk": trunk})
+    part.write(shard, rows)
+
+
 def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, plan: InferencePlan,
-                batch_size: int, workers: int, progress: bool, desc: str) -> None:
+                batch_size: int, workers: int, progress: bool, desc: str, trunk_part: CachePart | None = None) -> None:
     """Fill the part's missing shards with the backbone's maps of `dataset`'s rows."""
     from tqdm import tqdm
 
-    missing = part.missing()
+    missing = _missing(part, trunk_part)
     if not missing:
         log.info("%s: all %d rows cached in %s", desc, part.rows, part.dir)
         return
@@ -57,11 +89,11 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
     need = len(part.shard_rows(shard))
     with tqdm(total=len(indices), desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
         for batch in loader:
-            maps = run_backbone(backbone, batch["tensor"], plan)
-            grid = F.adaptive_avg_pool2d(batch["mask"][:, None].float().to(maps.device) / 255, maps.shape[-2:])[:, 0]
-            rows = {"maps": maps.half().cpu().numpy(), "mask_grid": grid.half().cpu().numpy(),
-                    "has_mask": np.asarray(batch["has_mask"], bool), "ok": np.asarray(batch["ok"], bool),
-                    "error": np.asarray(batch["error"], dtype=str), "sha256": np.asarray(batch["sha256"], dtype=str)}
+            rows = run_backbone(backbone, batch["tensor"], plan)
+            grid = F.adaptive_avg_pool2d(batch["mask"][:, None].float() / 255, rows["maps"].shape[-2:])[:, 0]
+            rows |= {"mask_grid": grid.half().numpy(), "has_mask": np.asarray(batch["has_mask"], bool),
+                     "ok": np.asarray(batch["ok"], bool), "error": np.asarray(batch["error"], dtype=str),
+                     "sha256": np.asarray(batch["sha256"], dtype=str)}
             if "frame" in batch:
                 rows |= {"frame": batch["frame"].numpy(), "content": batch["content"].numpy()}
             for key, value in rows.items():
@@ -69,7 +101,7 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
             bar.update(len(batch["ok"]))
             while shard is not None and sum(len(v) for v in pending["ok"]) >= need:
                 joined = {k: np.concatenate(v) for k, v in pending.items()}
-                part.write(shard, {k: v[:need] for k, v in joined.items()})
+                _write(part, trunk_part, shard, {k: v[:need] for k, v in joined.items()})
                 pending = {k: [v[need:]] for k, v in joined.items()}
                 shard = next(shard_iter, None)
                 need = len(part.shard_rows(shard)) if shard is not None else 0
@@ -77,11 +109,11 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
 
 def encode_crops(part: CachePart, views: CachePart, locate: Callable[[torch.Tensor], torch.Tensor],
                  backbone: torch.nn.Module, plan: InferencePlan, query_prep: Preprocessing, crop_size: int,
-                 batch_size: int, progress: bool) -> None:
+                 batch_size: int, progress: bool, trunk_part: CachePart | None = None) -> None:
     """Fill `part` with crop maps of the cached view frames, cropped where `locate` (maps -> boxes) says."""
     from tqdm import tqdm
 
-    missing = part.missing()
+    missing = _missing(part, trunk_part)
     if not missing:
         log.info("crops: all %d rows cached in %s", part.rows, part.dir)
         return
@@ -90,14 +122,15 @@ def encode_crops(part: CachePart, views: CachePart, locate: Callable[[torch.Tens
         for shard in missing:
             span = part.shard_rows(shard)
             cached = views.read(["maps", "frame", "content"], np.arange(span.start, span.stop))
-            maps_out, boxes_out = [], []
+            outs, boxes_out = [], []
             for start in range(0, len(span), batch_size):
                 stop = start + batch_size
                 with torch.inference_mode():
                     boxes = locate(torch.from_numpy(cached["maps"][start:stop]).float())
                 images = frames_to_tensor(cached["frame"][start:stop], cached["content"][start:stop], query_prep)
                 crops = crop_boxes(images, boxes, crop_size)
-                maps_out.append(run_backbone(backbone, crops, plan).half().cpu().numpy())
+                outs.append(run_backbone(backbone, crops, plan))
                 boxes_out.append(boxes.numpy().astype(np.float32))
                 bar.update(len(images))
-            part.write(shard, {"maps": np.concatenate(maps_out), "boxes": np.concatenate(boxes_out)})
+            _write(part, trunk_part, shard, {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
+                   | {"boxes": np.concatenate(boxes_out)})

@@ -141,6 +141,13 @@ def _train_residuals(whitening: Whitening, q_pooled: np.ndarray, q_index: np.nda
     return best_state, best_epoch, curve
 
 
+def held_out_items(count: int, share: float = 0.1, seed: int = 0) -> np.ndarray:
+    """The catalogue items (a mask over `count`) whose views choose the head: none of under 20 items."""
+    if count < 20:
+        return np.zeros(count, bool)
+    return np.random.default_rng(seed).random(count) < share
+
+
 def fit_projection(q_pooled: np.ndarray, q_items: np.ndarray, c_pooled: np.ndarray, c_items: np.ndarray,
                    dim: int, head: str = "auto", shrinkage: float = 0.1, epochs: int = 12,
                    val_share: float = 0.1, seed: int = 0) -> Projection:
@@ -155,8 +162,7 @@ def fit_projection(q_pooled: np.ndarray, q_items: np.ndarray, c_pooled: np.ndarr
     q_pooled, q_items = q_pooled[keep], q_items[keep]
     q_index = np.array([position[i] for i in q_items], np.int64)
     dim = min(dim, q_pooled.shape[1], max(2, len(q_pooled) - 1))
-    rng = np.random.default_rng(seed)
-    held = rng.random(len(c_items)) < val_share if len(c_items) >= 20 else np.zeros(len(c_items), bool)
+    held = held_out_items(len(c_items), val_share, seed)
     q_held = held[q_index]
     report: dict = {"pairs": int(len(q_pooled)), "items": int(len(c_items)), "dim": int(dim)}
     chosen, epochs_used = ("residual" if head == "residual" else "whiten"), epochs
