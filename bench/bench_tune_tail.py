@@ -11,8 +11,11 @@ Reads an `adapt` cache and the checkpoint adapt made from it, then:
 
     PYTHONPATH=. python bench/bench_tune_tail.py --cache CACHE --model A.safetensors --blocks 1
 
-Measured (README, "Fine-tuning the last block"): held-out top-1 0.658 -> 0.679 for about 15 CPU
-minutes (9 of them the trunk pass); at --lr 1e-4 the fit diverged in its second epoch (0.646).
+Measured (README, "Adapt"): held-out top-1 0.658 -> 0.679 for about 15 CPU minutes (9 of them
+the trunk pass); at --lr 1e-4 the fit diverged in its second epoch (0.646). `python -m model adapt`
+now does this by default (model/training/tune_tail.py, the trunk activations kept by its own
+passes); this script stays for sweeping --blocks, --epochs and --lr on an existing frozen cache,
+with a held-out score after every epoch.
 """
 from __future__ import annotations
 
