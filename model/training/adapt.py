@@ -194,9 +194,12 @@ def adapt(config: AdaptConfig) -> Path:
         synth_desc = asdict(synthesizer.config) if synthesizer else None
         fingerprint = base | {"prep": view_prep.to_dict(), "rows": _rows_hash(rows), "synth": synth_desc}
         part = CachePart(cache_root, "views", fingerprint, len(rows), config.shard_rows).open()
-        encode_rows(part, RowDataset(rows, view_prep, synthesizer, keep_frame=True), backbone, plan,
-                    config.batch_size, config.workers, config.progress,
-                    f"shopper views {n + 1}/{len(view_sets)}" if synthesised else "shopper photos")
+        # Without the garment crop the views themselves are the queries: their pass keeps the trunk.
+        view_trunk = None if config.locate else _trunk_part(part, tune_blocks)
+        encode_rows(part, RowDataset(rows, view_prep, synthesizer, keep_frame=True),
+                    backbone if view_trunk is None else keeping, plan, config.batch_size, config.workers,
+                    config.progress, f"shopper views {n + 1}/{len(view_sets)}" if synthesised else "shopper photos",
+                    view_trunk)
         view_parts.append(part)
     timings["views_s"] = time.perf_counter() - t0
 
