@@ -141,7 +141,10 @@ def _train_residuals(whitening: Whitening, q_pooled: np.ndarray, q_index: np.nda
     return best_state, best_epoch, curve
 
 
-def held_out_items(count: int, share: float = 0.1, seed: int = 0) -> np.ndarray:
+VAL_SHARE = 0.1  # of the training items, held out to choose the head (and the tuned backbone) on
+
+
+def held_out_items(count: int, share: float = VAL_SHARE, seed: int = 0) -> np.ndarray:
     """The catalogue items (a mask over `count`) whose views choose the head: none of under 20 items."""
     if count < 20:
         return np.zeros(count, bool)
@@ -150,7 +153,7 @@ def held_out_items(count: int, share: float = 0.1, seed: int = 0) -> np.ndarray:
 
 def fit_projection(q_pooled: np.ndarray, q_items: np.ndarray, c_pooled: np.ndarray, c_items: np.ndarray,
                    dim: int, head: str = "auto", shrinkage: float = 0.1, epochs: int = 12,
-                   val_share: float = 0.1, seed: int = 0) -> Projection:
+                   val_share: float = VAL_SHARE, seed: int = 0) -> Projection:
     """Whitening (and residual heads) from query descriptors and one catalogue descriptor per item.
 
     head: "whiten", "residual" or "auto" (both fitted on 1 - val_share of the items, the better on
