@@ -152,19 +152,22 @@ def at_query_size(loaded, size: int | None):
     return LoadedModel(model, loaded.spec, loaded.checksum, loaded.extra)
 
 
-def catalog_embeddings(loaded, maps_by_size: dict, gallery_photos, workers: int):
-    """Catalogue vectors from cached maps when the cache holds this backbone at this size, else a pass.
+def catalog_embeddings(loaded, cached_maps: dict, cache: Path | None, gallery_photos, workers: int):
+    """Catalogue vectors from the adapt cache's feature maps when it holds them for this model's
+    backbone and catalogue preprocessing (a tuned backbone's maps are cached apart from the frozen
+    one's, so neither is scored on the other's), else a forward pass of every photo.
 
-    `maps_by_size` maps (backbone checksum, input size) to maps: a checkpoint whose backbone was tuned
-    must not be scored on the frozen backbone's catalogue maps."""
+    `cached_maps` keeps the maps read so far, by cache part, for the next model of the same backbone."""
     import numpy as np
     import torch
 
-    from model.checkpoint import weights_checksum
+    from model.training.adapt import find_catalog_maps
 
-    key = (weights_checksum(loaded.model.backbone), loaded.config.preprocessing.input_size)
-    if key in maps_by_size:
-        maps = maps_by_size[key]
+    part = find_catalog_maps(cache, loaded.model, [p.path for p in gallery_photos]) if cache else None
+    if part is not None:
+        if part.dir.name not in cached_maps:
+            cached_maps[part.dir.name] = part.read(["maps"])["maps"]
+        maps = cached_maps[part.dir.name]
         out = []
         with torch.inference_mode():
             for start in range(0, len(maps), 256):
@@ -200,8 +203,8 @@ def main() -> int:
     from model.cpu_runtime import keep_freed_memory
 
     keep_freed_memory()  # as the service does: per-query times are the service's
-    from model.training.adapt import AdaptConfig, adapt, catalog_cache
-    from model.checkpoint import LoadedModel, weights_checksum
+    from model.training.adapt import AdaptConfig, adapt
+    from model.checkpoint import LoadedModel
     from model.training.data import read_data
     from model.training.evaluate import item_ranks, top_k
 
@@ -217,18 +220,11 @@ def main() -> int:
     queries = {r: make_queries(test_photos, r, args.queries) for r in recipes}
     print(f"queries: {len(recipes)} recipes x {args.queries} in {time.perf_counter() - t0:.0f}s", flush=True)
 
-    maps_by_size = {}
-    base = build_from_backbone("efficientnet-lite0")
-    if args.cache:
-        part = catalog_cache(args.cache, "efficientnet-lite0", weights_checksum(base.backbone),
-                             base.config.preprocessing, gallery)
-        if part.complete():
-            key = (weights_checksum(base.backbone), base.config.preprocessing.input_size)
-            maps_by_size[key] = part.read(["maps"])["maps"]
+    cached_maps: dict = {}  # catalogue maps read from the cache, by part
 
     def score(name: str, loaded: LoadedModel, extra: dict, crop_from: str = "photo") -> None:
         started = time.perf_counter()
-        cat = catalog_embeddings(loaded, maps_by_size, gallery, args.workers)
+        cat = catalog_embeddings(loaded, cached_maps, args.cache, gallery, args.workers)
         for r in recipes:
             for flip in ((False, True) if args.tta else (False,)):
                 t = time.perf_counter()
