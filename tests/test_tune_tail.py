@@ -4,6 +4,7 @@ where it left off, and the frozen part is never touched."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,12 +82,14 @@ def _init(tail, catalog, q, index):
 CONFIG = TuneConfig(blocks=1, epochs=6, lr=3e-2, batch_size=32, seed=0)
 
 
-def test_tuning_the_tail_finds_what_the_frozen_features_confuse():
+@pytest.mark.parametrize("refreshes", [1, 3])
+def test_tuning_the_tail_finds_what_the_frozen_features_confuse(refreshes):
     catalog, q, index = _toy()
     tail = _tail()
     frozen = copy.deepcopy(tail.state_dict())
     before = _score(tail, catalog, q, index)
-    report = train_tail(tail, _pairs(catalog, q, index), _init(tail, catalog, q, index), CONFIG, 3.0,
+    config = replace(CONFIG, bank_refreshes=refreshes)
+    report = train_tail(tail, _pairs(catalog, q, index), _init(tail, catalog, q, index), config, 3.0,
                         torch.device("cpu"), progress=False)
     after = _score(tail, catalog, q, index)
     assert after > before + 0.1, (before, after)
@@ -133,7 +136,41 @@ def test_a_killed_tuning_resumes_after_its_last_finished_epoch(tmp_path):
         torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
 
 
-@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(lr=0.0), dict(lr=2.0), dict(blocks=0), dict(batch_size=1)])
+@pytest.mark.parametrize("batch_size, steps", [(144, 1), (72, 2), (16, 9), (15, 10), (14, 11)])
+def test_tuning_runs_whatever_its_number_of_steps(batch_size, steps):
+    catalog, q, index = _toy()  # 144 views
+    config = replace(CONFIG, epochs=1, batch_size=batch_size)
+    assert -(-len(index) // batch_size) == steps
+    tail = _tail()
+    report = train_tail(tail, _pairs(catalog, q, index), _init(tail, catalog, q, index), config, 3.0,
+                        torch.device("cpu"), progress=False)
+    assert len(report["loss"]) == 1 and np.isfinite(report["loss"][0])
+
+
+class _CountsBankPasses(np.ndarray):
+    """Catalogue trunk rows that count the bank's passes over them (its reads are slices from row 0)."""
+    passes = 0
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and not key.start:
+            _CountsBankPasses.passes += 1
+        return np.asarray(super().__getitem__(key))
+
+
+@pytest.mark.parametrize("refreshes, passes", [(1, 1), (2, 2), (5, 5), (50, 5)])
+def test_the_memory_bank_is_recomputed_as_often_as_asked(refreshes, passes):
+    catalog, q, index = _toy()
+    tail = _tail()
+    config = replace(CONFIG, epochs=2, bank_refreshes=refreshes)  # 5 steps an epoch: at most 5 refreshes
+    assert -(-len(index) // config.batch_size) == 5
+    _CountsBankPasses.passes = 0
+    train_tail(tail, _pairs(catalog.view(_CountsBankPasses), q, index), _init(tail, catalog, q, index), config, 3.0,
+               torch.device("cpu"), progress=False)
+    assert _CountsBankPasses.passes == 2 * passes
+
+
+@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(lr=0.0), dict(lr=2.0), dict(blocks=0), dict(batch_size=1),
+                                    dict(bank_refreshes=0)])
 def test_nonsense_tuning_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         TuneConfig(**kwargs)

@@ -39,11 +39,16 @@ class TuneConfig:
     batch_size: int = 256
     temperature: float = 0.05
     weight_decay: float = 1e-2
+    # Times per epoch the memory bank of catalogue embeddings is recomputed by the tail being
+    # tuned. Between refreshes its rows are the older tail's, negatives that grow easier to tell
+    # apart from live embeddings than real ones are.
+    bank_refreshes: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.blocks < 1 or self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("tuning needs --tune-blocks >= 1, --tune-epochs >= 1 and a batch of at least 2")
+        if self.blocks < 1 or self.epochs < 1 or self.batch_size < 2 or self.bank_refreshes < 1:
+            raise ValueError("tuning needs --tune-blocks >= 1, --tune-epochs >= 1, a batch of at least 2 "
+                             "and at least one bank refresh an epoch")
         if not 0 < self.lr < 1 or not self.temperature > 0:
             raise ValueError(f"--tune-lr must be between 0 and 1, got {self.lr}")
 
@@ -109,8 +114,11 @@ def train_tail(tail: torch.nn.Module, pairs: TunePairs, init: Whitening, config:
     opt = torch.optim.AdamW([*tail.parameters(), *sides.parameters()], lr=config.lr,
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(pairs.q_index) / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                pct_start=0.1)
+    total_steps = config.epochs * steps_per_epoch
+    # OneCycleLR divides by its warm-up's length less one step: at 10 steps in all, 10% of them is
+    # exactly one and it fails (ZeroDivisionError), so such a run warms up over 1.5 steps instead.
+    warmup = 0.1 if total_steps != 10 else 0.15
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=warmup)
     report = {"config": asdict(config), "views": int(len(pairs.q_index)), "items": int(len(pairs.cat_trunk)),
               "loss": []}
     start_epoch = 1
@@ -134,14 +142,16 @@ def train_tail(tail: torch.nn.Module, pairs: TunePairs, init: Whitening, config:
         for module in tail.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
-        with torch.no_grad():
-            bank = torch.cat([embed(pairs.cat_trunk[s:s + 256], pairs.cat_weights[s:s + 256], "catalog")
-                              for s in range(0, len(pairs.cat_trunk), 256)])
         order = np.random.default_rng([config.seed, epoch]).permutation(len(q_index))
+        refresh_every = math.ceil(steps_per_epoch / config.bank_refreshes)
         losses = []
         with tqdm(total=steps_per_epoch, desc=f"tuning epoch {epoch}/{config.epochs}", unit="step",
                   disable=not progress) as bar:
-            for s in range(0, len(order), config.batch_size):
+            for step, s in enumerate(range(0, len(order), config.batch_size)):
+                if step % refresh_every == 0:
+                    with torch.no_grad():
+                        bank = torch.cat([embed(pairs.cat_trunk[b:b + 256], pairs.cat_weights[b:b + 256], "catalog")
+                                          for b in range(0, len(pairs.cat_trunk), 256)])
                 rows = order[s:s + config.batch_size]
                 items, target = torch.unique(q_index[rows], return_inverse=True)
                 q = embed(pairs.q_trunk[rows], pairs.q_weights[rows], "query")
