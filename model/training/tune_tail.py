@@ -203,7 +203,8 @@ def pooled_through_tail(part: CachePart, tail: torch.nn.Module, foreground: Fore
 
 
 def write_tail_maps(source: CachePart, source_trunk: CachePart, target: CachePart, tail: torch.nn.Module,
-                    device: torch.device, keep: tuple[str, ...] = ("mask_grid", "has_mask", "ok", "error", "sha256")) -> None:
+                    device: torch.device,
+                    keep: tuple[str, ...] = ("mask_grid", "has_mask", "ok", "error", "sha256")) -> None:
     """Fill `target` with the tail's maps of `source_trunk`'s activations, and `source`'s `keep` columns."""
     for shard in target.missing():
         rows = np.arange(target.shard_rows(shard).start, target.shard_rows(shard).stop)
