@@ -42,8 +42,8 @@ class TuneConfig:
     temperature: float = 0.05
     weight_decay: float = 1e-2
     # Times per epoch the memory bank of catalogue embeddings is recomputed by the tail being
-    # tuned. Between refreshes its rows are the older tail's, negatives that grow easier to tell
-    # apart from live embeddings than real ones are.
+    # tuned (between refreshes its rows are an older tail's). More than once measured no gain
+    # (module docstring); kept for that measurement to be repeated at other learning rates.
     bank_refreshes: int = 1
     seed: int = 0
 
@@ -117,9 +117,9 @@ def train_tail(tail: torch.nn.Module, pairs: TunePairs, init: Whitening, config:
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(pairs.q_index) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
-    # OneCycleLR divides by its warm-up's length less one step: at 10 steps in all, 10% of them is
-    # exactly one and it fails (ZeroDivisionError), so such a run warms up over 1.5 steps instead.
-    warmup = 0.1 if total_steps != 10 else 0.15
+    # OneCycleLR divides by its warm-up's length less one step: a warm-up of exactly one step (10%
+    # of 10 steps) fails with ZeroDivisionError, so such a run warms up over 1.5 steps instead.
+    warmup = 0.1 if 0.1 * total_steps != 1 else 0.15
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=warmup)
     report = {"config": asdict(config), "views": int(len(pairs.q_index)), "items": int(len(pairs.cat_trunk)),
               "loss": []}
