@@ -92,6 +92,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _widen_factor(text: str) -> float:
+    from .config import MAX_CONTEXT_WIDEN
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 1 <= value <= MAX_CONTEXT_WIDEN:
+        raise argparse.ArgumentTypeError(f"must be between 1 (off) and {MAX_CONTEXT_WIDEN:g}, got {text}")
+    return value
+
+
 def _add_adapt_parser(verbs) -> None:
     from .training.adapt import HEADS, AdaptConfig
     from .batch_size import batch_size_arg
@@ -124,6 +136,9 @@ def _add_adapt_parser(verbs) -> None:
                        help="plain GeM instead of foreground-weighted pooling (implies --no-locate)")
     adapt.add_argument("--no-locate", dest="locate", action="store_false",
                        help="embed the whole query instead of the garment crop")
+    adapt.add_argument("--context-widen", type=_widen_factor, default=defaults.context_widen,
+                       help="the query also embeds its garment box widened this many times, averaged with the "
+                            "crop; kept only if held-out items gain (default %(default)s; 1: off)")
     adapt.add_argument("--tune-blocks", type=_count, default=None,
                        help="backbone blocks to tune on the cached trunk activations; 0: a frozen backbone "
                             "(default: 1 for efficientnet-lite, 0 for the others)")
@@ -145,7 +160,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         view_size=args.view_size, views=args.views, view_styles=tuple(v for v in args.view_styles.split(",") if v),
         cache=args.cache, device=args.device, batch_size=args.batch_size,
         workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
-        locate=args.locate and args.foreground, shard_rows=args.shard_rows, seed=args.seed,
+        locate=args.locate and args.foreground, context_widen=args.context_widen, shard_rows=args.shard_rows,
+        seed=args.seed,
         tune_blocks=args.tune_blocks, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
         progress=not args.quiet,
     )

@@ -74,6 +74,12 @@ def garment_boxes(prob: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.where(lost[:, None], whole, out)
 
 
+def widen_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """(B, 4) x0, y0, x1, y1 boxes scaled `factor` times about their centres (may pass the frame)."""
+    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) / 2 * factor
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Resample each image's box (frame units) to size x size. Outside the frame is zero, which is
     the letterbox padding in normalised tensor space, so a box past the edge reads as a letterbox."""
@@ -120,6 +126,12 @@ class AdaptedHead(nn.Module):
         if self.residuals is not None:
             y = y + self.residuals[side](y)
         return F.normalize(y, dim=1)
+
+    def query_boxes(self, boxes: torch.Tensor) -> list[torch.Tensor]:
+        """The boxes a located query is embedded from, each (B, 4): the garment's, then its widened
+        context box when `context_widen` is set."""
+        widen = self.config.context_widen
+        return [boxes] if widen == 1.0 else [boxes, widen_boxes(boxes, widen)]
 
     def locate(self, fmap: torch.Tensor) -> torch.Tensor:
         prob = self.foreground_prob(fmap)

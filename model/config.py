@@ -14,6 +14,7 @@ CONFIG_FORMAT_VERSION = 2
 
 POOLINGS = ("max", "gem", "avg")
 RESIZE_POLICIES = ("letterbox", "squash", "center-crop")
+MAX_CONTEXT_WIDEN = 4.0  # past it the "context" crop is mostly street
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class AdapterConfig:
     foreground_hidden: int = 64        # width of the 1x1-convolution foreground net
     locate: bool = True                # query side: crop to the garment before embedding
     crop_margin: float = 0.1           # of the garment box's longer side, added on every side
+    # Query side, when locating: the garment box is also embedded widened this many times about its
+    # centre, and the query's embedding is the normalised mean of both (context around a tight or
+    # misplaced box); 1.0: the crop alone, as checkpoints made before the setting.
+    context_widen: float = 1.0
     gem_p: float = 3.0
     residual: bool = True              # per-side residual linear heads after the whitening
 
@@ -80,6 +85,8 @@ class AdapterConfig:
             raise ValueError("locating the garment needs the foreground head (foreground=True)")
         if not 0 <= self.crop_margin <= 1:
             raise ValueError(f"crop_margin must be within 0..1, got {self.crop_margin}")
+        if not 1 <= self.context_widen <= MAX_CONTEXT_WIDEN:
+            raise ValueError(f"context_widen must be within 1..{MAX_CONTEXT_WIDEN:g}, got {self.context_widen}")
         if self.foreground_hidden < 1 or self.gem_p < 1:
             raise ValueError("foreground_hidden must be positive and gem_p at least 1")
 

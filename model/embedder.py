@@ -72,9 +72,11 @@ class Embedder(nn.Module):
         fmap, boxes = self.locate_garments(images)
         if boxes is None:
             return self.adapter.project(self.adapter.pool(fmap), "query"), None
-        crops = crop_boxes(images, boxes, self.config.preprocessing.input_size)
-        return self.embed_query_crops(crops.contiguous(memory_format=torch.channels_last)
-                                      if images.is_contiguous(memory_format=torch.channels_last) else crops), boxes
+        size = self.config.preprocessing.input_size
+        crops = torch.cat([crop_boxes(images, b, size) for b in self.adapter.query_boxes(boxes)])
+        if images.is_contiguous(memory_format=torch.channels_last):
+            crops = crops.contiguous(memory_format=torch.channels_last)
+        return self.embed_query_views(crops, len(images)), boxes
 
     @property
     def locates_garments(self) -> bool:
@@ -90,3 +92,12 @@ class Embedder(nn.Module):
     def embed_query_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """The query side's second pass: garment crops at the catalogue's input size -> (B, D) unit vectors."""
         return self.adapter.project(self.adapter.pool(self.backbone(crops)), "query")
+
+    def embed_query_views(self, crops: torch.Tensor, queries: int, flip: bool = False) -> torch.Tensor:
+        """(V * B, 3, S, S) crops of B queries, view after view (the boxes of `adapter.query_boxes`)
+        -> (B, D): the normalised sum of every crop's unit embedding (and of its mirror's with `flip`),
+        one backbone pass for all of them."""
+        if flip:  # the mirrored photo's garment is the mirrored crop: no second locate pass
+            crops = torch.cat([crops, torch.flip(crops, dims=[3])])
+        embeddings = self.embed_query_crops(crops).float()
+        return F.normalize(embeddings.view(-1, queries, embeddings.shape[-1]).sum(0), dim=-1)

@@ -118,14 +118,11 @@ def _embed_photo_crops(net: torch.nn.Module, images: torch.Tensor, photos: Seque
         raise ValueError(f"{len(photos)} photos for {len(images)} query tensors")
     with inference_context(plan):
         _, boxes = net.locate_garments(on_device(images, plan))
-    boxes = boxes.float().cpu().numpy()
-    crops = on_device(crop_photos(photos, boxes, images.shape[-1], net.config.preprocessing), plan)
+    crops = torch.cat([crop_photos(photos, box_set.float().cpu().numpy(), images.shape[-1], net.config.preprocessing)
+                       for box_set in net.adapter.query_boxes(boxes)])
     with inference_context(plan):
-        embeddings = net.embed_query_crops(crops)
-        if flip:  # the mirrored photo's garment is the mirrored crop: no second locate pass
-            mirrored = net.embed_query_crops(torch.flip(crops, dims=[3]))
-            embeddings = torch.nn.functional.normalize(embeddings.float() + mirrored.float(), dim=-1)
-    return embeddings.float().cpu().numpy(), boxes
+        embeddings = net.embed_query_views(on_device(crops, plan), len(photos), flip)
+    return embeddings.float().cpu().numpy(), boxes.float().cpu().numpy()
 
 
 # Test-time augmentation of uploads: "flip" also embeds the mirrored photo and averages the two;

@@ -189,8 +189,11 @@ def test_query_side_crops_a_small_garment_from_the_photo_not_from_the_query_tens
     vectors, boxes = embed_query_batch(model, tensor, plan, photos=[photo])
     with torch.inference_mode():
         _, located = model.locate_garments(tensor)
-        crops = crop_photos([photo], located.numpy(), tensor.shape[-1], loaded.config.preprocessing)
-        expected = model.embed_query_crops(crops).numpy()
+        # every box the query is embedded from (the garment's and its context box) is cut from the photo
+        expected = sum(model.embed_query_crops(crop_photos([photo], box.numpy(), tensor.shape[-1],
+                                                           loaded.config.preprocessing)).numpy()
+                       for box in model.adapter.query_boxes(located))
+        expected = _unit(expected)
         from_tensor, _ = model.encode_query(tensor)
     np.testing.assert_allclose(boxes, located.numpy(), atol=1e-6)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
@@ -284,6 +287,8 @@ def test_adapted_checkpoint_carries_both_sides(adapted):
     assert (config.preprocessing.input_size, config.query_prep.input_size) == (64, 96)
     report = json.loads(adapted.with_name("a.adapt.json").read_text())
     assert report["catalog_photos"] == 16 and report["views"] == 32 and report["skipped"] == []
+    # 16 items hold none out: the context crop ships as configured, and the report says it was not measured
+    assert "not_measured" in report["context"] and config.adapter.context_widen == AdaptConfig.context_widen
     query, boxes = loaded.model.encode_query(torch.rand(2, 3, 96, 96))
     assert query.shape == (2, loaded.model.embedding_dim) and boxes.shape == (2, 4)
     torch.testing.assert_close(query.norm(dim=1), torch.ones(2))
@@ -429,6 +434,8 @@ def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
         (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-blocks", "16"], "blocks"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-epochs", "0"], "--tune-epochs"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-lr", "2"], "--tune-lr"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--context-widen", "0.5"], "--context-widen"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--context-widen", "wide"], "--context-widen"),
     ]
     for args, words in cases:
         result = _run_cli("adapt", *args, "--cache", str(tmp_path / "cache"))

@@ -24,12 +24,13 @@ import torch
 
 from .adapt_cache import TrunkAndMaps, encode_crops, encode_rows
 from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
-from .adapt_fit import Projection, fit_foreground, fit_projection, held_out_items, pool, sample_cells
+from .adapt_context import held_out_context
+from .adapt_fit import Projection, fit_foreground, fit_projection, held_out_items, pool_part, sample_cells
 from ..adapted_head import BOX_RULE, garment_boxes
 from ..backbones import split_backbone
 from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
-from ..config import AdapterConfig, EmbedderConfig, Preprocessing
+from ..config import MAX_CONTEXT_WIDEN, AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
 from ..embedder import Embedder
 from .feature_cache import CachePart, fingerprint_hash
@@ -73,6 +74,9 @@ class AdaptConfig:
     foreground: bool = True
     locate: bool = True
     crop_margin: float = 0.1
+    # The query side also embeds the garment box widened this much (AdapterConfig.context_widen);
+    # shipped unless the held-out items find their shop photos worse with it. 1.0: off.
+    context_widen: float = 1.4
     max_cells: int = 300_000
     shard_rows: int = 256           # rows per cache shard: what a killed run can lose
     # Blocks of the backbone to tune on the cached trunk activations (tune_tail.py). None: one for
@@ -102,6 +106,9 @@ class AdaptConfig:
             raise ValueError("--query-size, --view-size and --input-size must be between 64 and 1024 pixels")
         if self.locate and not self.foreground:
             raise ValueError("--locate needs the foreground head (drop --no-foreground)")
+        if not 1 <= self.context_widen <= MAX_CONTEXT_WIDEN:
+            raise ValueError(f"--context-widen must be between 1 (off) and {MAX_CONTEXT_WIDEN:g}, "
+                             f"got {self.context_widen}")
         if self.tune_blocks is not None and self.tune_blocks < 0:
             raise ValueError(f"--tune-blocks must be 0 (no tuning) or more, got {self.tune_blocks}")
         TuneConfig(blocks=1, epochs=self.tune_epochs, lr=self.tune_lr)  # its own checks
@@ -235,8 +242,8 @@ def adapt(config: AdaptConfig) -> Path:
     timings["crops_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cat_pooled = _pooled(cat_part, foreground, adapter.gem_p)
-    q_pooled = np.concatenate([_pooled(part, foreground, adapter.gem_p) for part in query_parts])
+    cat_pooled = pool_part(cat_part, foreground, adapter.gem_p)
+    q_pooled = np.concatenate([pool_part(part, foreground, adapter.gem_p) for part in query_parts])
     train_items = set(train.items())
     first_photo: dict[str, int] = {}
     for i, photo in enumerate(shop_photos):
@@ -273,7 +280,7 @@ def adapt(config: AdaptConfig) -> Path:
         tuned_part = catalog_cache(cache_root, config.backbone, weights_checksum(model.backbone), prep, shop_photos,
                                    config.shard_rows).open()
         write_tail_maps(cat_part, cat_trunk, tuned_part, tail, plan.device)
-        tuned_cat = _pooled(tuned_part, foreground, adapter.gem_p)
+        tuned_cat = pool_part(tuned_part, foreground, adapter.gem_p)
         tuned_q = np.concatenate([pooled_through_tail(part, tail, foreground, adapter.gem_p, plan.device)
                                   for part in q_trunks])
         tuned = fit_projection(tuned_q[q_ok], v_items[q_ok], tuned_cat[c_rows], c_items, config.dim, config.head,
@@ -291,7 +298,24 @@ def adapt(config: AdaptConfig) -> Path:
             tail.load_state_dict(frozen_tail)
             tuned_part.remove()
 
-    adapter = replace(adapter, dim=projection.whitening.projection.shape[0], residual=projection.residuals is not None)
+    context, widen = None, 1.0
+    if config.locate and config.context_widen != 1.0:
+        t0 = time.perf_counter()
+        tuned_ships = tuning is not None and tuning["shipped"] == "tuned"
+        ship_q, ship_cat = (tuned_q, tuned_cat) if tuned_ships else (q_pooled, cat_pooled)
+        context = held_out_context(config, view_parts, locate, backbone, plan, view_prep, prep, cache_root,
+                                    weights_checksum(model.backbone), fg_sum, foreground, adapter.gem_p, projection,
+                                    ship_q, v_items, q_ok, ship_cat[c_rows], c_items)
+        better = context is None or context["context"]["top1"] >= context["crop"]["top1"]
+        widen = config.context_widen if better else 1.0
+        context = (context or {"not_measured": "under 20 training items: none held out"}) | {
+            "widen": config.context_widen, "shipped": widen}
+        log.info("context crop %.2fx: held-out %s: ships %s", config.context_widen, context,
+                 "it" if widen != 1.0 else "the crop alone")
+        timings["context_s"] = time.perf_counter() - t0
+
+    adapter = replace(adapter, dim=projection.whitening.projection.shape[0], residual=projection.residuals is not None,
+                      context_widen=widen)
     embed_config = EmbedderConfig(backbone=config.backbone, preprocessing=prep,
                                   query_preprocessing=query_prep, adapter=adapter)
     adapted = _assemble(embed_config, model, foreground, projection)
@@ -301,7 +325,8 @@ def adapt(config: AdaptConfig) -> Path:
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
               "views_per_item": config.views if synthesised else None,
               "view_styles": list(config.view_styles) if synthesised else None, "skipped": skipped,
-              "projection": projection.validation, "tuning": tuning, "timings": {k: round(v, 1) for k, v in timings.items()}}
+              "projection": projection.validation, "tuning": tuning, "context": context,
+              "timings": {k: round(v, 1) for k, v in timings.items()}}
     save_checkpoint(adapted, out, extra_metadata={"adapt": report})
     out.with_name(out.stem + ".adapt.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("adapted in %.1f min: %s", timings["total_s"] / 60, report["timings"])
@@ -353,15 +378,6 @@ def _fit_foreground(cat_part: CachePart, view_parts: list[CachePart], config: Ad
     if not cells:
         raise ValueError("no photo with a known garment mask: cannot fit the foreground head")
     return fit_foreground(np.concatenate(cells), np.concatenate(targets), hidden=64, seed=config.seed)
-
-
-def _pooled(part: CachePart, foreground, p: float) -> np.ndarray:
-    chunks = []
-    for shard in range(part.shards):
-        span = part.shard_rows(shard)
-        maps = part.read(["maps"], np.arange(span.start, span.stop))["maps"]
-        chunks.append(pool(maps, foreground, p))
-    return np.concatenate(chunks)
 
 
 def _assemble(config: EmbedderConfig, source: Embedder, foreground, projection) -> Embedder:

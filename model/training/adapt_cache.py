@@ -109,8 +109,11 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
 
 def encode_crops(part: CachePart, views: CachePart, locate: Callable[[torch.Tensor], torch.Tensor],
                  backbone: torch.nn.Module, plan: InferencePlan, query_prep: Preprocessing, crop_size: int,
-                 batch_size: int, progress: bool, trunk_part: CachePart | None = None) -> None:
-    """Fill `part` with crop maps of the cached view frames, cropped where `locate` (maps -> boxes) says."""
+                 batch_size: int, progress: bool, trunk_part: CachePart | None = None,
+                 source_rows: np.ndarray | None = None) -> None:
+    """Fill `part` with crop maps of the cached view frames, cropped where `locate` (maps -> boxes) says.
+
+    `source_rows`: the (sorted) view rows the part's rows are crops of; None: every view row."""
     from tqdm import tqdm
 
     missing = _missing(part, trunk_part)
@@ -121,7 +124,8 @@ def encode_crops(part: CachePart, views: CachePart, locate: Callable[[torch.Tens
               disable=not progress, smoothing=0.1) as bar:
         for shard in missing:
             span = part.shard_rows(shard)
-            cached = views.read(["maps", "frame", "content"], np.arange(span.start, span.stop))
+            rows = np.arange(span.start, span.stop)
+            cached = views.read(["maps", "frame", "content"], rows if source_rows is None else source_rows[rows])
             outs, boxes_out = [], []
             for start in range(0, len(span), batch_size):
                 stop = start + batch_size

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapted_head import SIDES, ForegroundHead, weighted_gem
+from .feature_cache import CachePart
 from .whitening import Whitening, fit_whitening
 
 log = logging.getLogger("snap2shop.adapt")
@@ -67,6 +68,16 @@ def pool(maps: np.ndarray, foreground: ForegroundHead | None, p: float, batch_si
             weights = torch.sigmoid(foreground(fmap)) if foreground is not None else None
             out.append(weighted_gem(fmap, weights, p).numpy())
     return np.concatenate(out) if out else np.zeros((0, maps.shape[1]), np.float32)
+
+
+def pool_part(part: CachePart, foreground: ForegroundHead | None, p: float) -> np.ndarray:
+    """A cache part's maps -> (rows, C) foreground-weighted GeM descriptors, a shard at a time."""
+    chunks = []
+    for shard in range(part.shards):
+        span = part.shard_rows(shard)
+        maps = part.read(["maps"], np.arange(span.start, span.stop))["maps"]
+        chunks.append(pool(maps, foreground, p))
+    return np.concatenate(chunks)
 
 
 @dataclass
@@ -195,3 +206,4 @@ def _reindex(q_index: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Catalogue row numbers after dropping the rows where `kept` is False."""
     new = np.cumsum(kept) - 1
     return new[q_index].astype(np.int64)
+
