@@ -1,21 +1,23 @@
-"""Benchmark: what an adapted model's query side embeds, scored on bench_adapt.py's recipes.
+"""Benchmark: how wide a context box the query side of an adapted model should embed with its garment crop.
 
     python bench/bench_query_crops.py --model ADAPTED [--data ../shared/data/fashion-products]
-        [--cache ADAPT_CACHE] [--queries 400] [--recipes synth,small,harsh,street,motion] [--widen 1.4]
+        [--cache ADAPT_CACHE] [--queries 400] [--recipes synth,small,harsh,street,motion]
+        [--widen 1,1.2,1.4,1.6,2]
 
-The service embeds the garment crop alone (`crop`). Measured against it, with no refit:
-- `frame`: the whole query frame, pooled with the foreground weights (the locate pass's own
-  feature map: no further pass);
-- `wide`: the garment box widened `--widen` times about its centre (one more crop pass);
-- best(a,b): each catalogue photo scored by the better of the two; mean(a,b): the normalised mean.
+For each factor the model's `context_widen` is set to it and the queries are embedded as the service
+embeds them (model.inference.embed_query_batch): the normalised mean of the garment crop's embedding
+and the embedding of the same box widened that many times about its centre; 1 is the crop alone.
+No refit: the head is the checkpoint's. Queries are bench_adapt.py's (same recipes, seeds and test
+items) against all catalogue photos.
 
-Queries are bench_adapt.py's (same recipes, seeds and test items) against all catalogue photos.
+The README's "What the query side embeds" rows for the whole frame came from this file at ae6e92c.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,33 +25,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def widen(boxes, factor: float):
-    """(N, 4) x0, y0, x1, y1 boxes scaled `factor` times about their centres."""
-    import numpy as np
-
-    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) / 2 * factor
-    return np.concatenate([centre - half, centre + half], 1)
-
-
-def query_sides(net, images, transform, factor: float) -> dict:
-    """(N, D) embeddings of the garment crop, the whole frame and the widened crop."""
-    import numpy as np
-    import torch
-
-    from model.garment_crop import crop_photos
-
-    crop, frame, wide = [], [], []
-    with torch.inference_mode():
-        for start in range(0, len(images), 16):
-            photos = images[start:start + 16]
-            batch = torch.stack([transform(i) for i in photos])
-            fmap, boxes = net.locate_garments(batch)
-            frame.append(net.adapter.project(net.adapter.pool(fmap), "query").numpy())
-            boxes = boxes.numpy()
-            for out, box in ((crop, boxes), (wide, widen(boxes, factor))):
-                crops = crop_photos(photos, box, batch.shape[-1], net.config.preprocessing)
-                out.append(net.embed_query_crops(crops).numpy())
-    return {"crop": np.concatenate(crop), "frame": np.concatenate(frame), "wide": np.concatenate(wide)}
+def set_context_widen(model, factor: float) -> None:
+    """The loaded model's query side, widening its context box `factor` times from now on."""
+    model.adapter.config = replace(model.adapter.config, context_widen=factor)
 
 
 def main() -> int:
@@ -59,41 +37,35 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="adapt's cache: catalogue maps without a pass")
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--recipes", default="synth,small,harsh,street,motion")
-    parser.add_argument("--widen", type=float, default=1.4)
+    parser.add_argument("--widen", default="1,1.2,1.4,1.6,2", help="comma-separated context factors (1: off)")
+    parser.add_argument("--tta", action="store_true", help="with the flip test-time augmentation, as the service")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    import numpy as np
-
-    from bench_adapt import catalog_embeddings, make_queries
+    from bench_adapt import catalog_embeddings, embed_queries, make_queries
     from model import load_model
-    from model.preprocessing import build_transform
     from model.training.data import read_data
     from model.training.evaluate import item_ranks, top_k
 
+    factors = [float(f) for f in args.widen.split(",") if f]
     loaded = load_model(args.model)
     net = loaded.model.eval()
     if not net.locates_garments:
         raise SystemExit(f"{args.model}: this model does not locate the garment; nothing to compare")
+    shipped = net.adapter.config.context_widen
     data = read_data("catalog", args.data, split_csv=args.data / "split.csv")
     gallery = data.shop()
     gallery_items = [p.item_id for p in gallery]
     test_photos = [photos[0] for _, photos in sorted(data.split("test").shop_by_item().items())]
     cat = catalog_embeddings(loaded, {}, args.cache, gallery, args.workers)
-    transform = build_transform(loaded.config.query_prep)
-
-    def unit(x):
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
     for recipe in [r for r in args.recipes.split(",") if r]:
         images, items = make_queries(test_photos, recipe, args.queries)
-        side = query_sides(net, images, transform, args.widen)
-        variants = dict(side)
-        for other in ("frame", "wide"):
-            variants[f"best(crop,{other})"] = np.stack([side["crop"], side[other]], 1)
-            variants[f"mean(crop,{other})"] = unit(side["crop"] + side[other])
-        for name, q in variants.items():
-            row = {"recipe": recipe, "query": name, "queries": len(items),
+        for factor in factors:
+            set_context_widen(net, factor)
+            q = embed_queries(loaded, images, flip=args.tta)
+            row = {"recipe": recipe, "context_widen": factor, "shipped": factor == shipped,
+                   "tta": "flip" if args.tta else "none", "queries": len(items),
                    **top_k(item_ranks(q, items, cat, gallery_items), (1, 20))}
             print(json.dumps(row), flush=True)
     return 0
