@@ -242,7 +242,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _describe_query_head(head: AdapterConfig | None) -> str:
     if head is None:
         return "none (queries are embedded like catalogue photos)"
-    parts = [f"adapted, {head.dim} dims"] + (["garment crop"] if head.locate else []) + (
+    crop = ([f"garment crop + {head.context_widen:g}x context"] if head.context_widen != 1.0 else ["garment crop"])
+    parts = [f"adapted, {head.dim} dims"] + (crop if head.locate else []) + (
         ["foreground pooling"] if head.foreground else []) + (["per-side residual"] if head.residual else [])
     return ", ".join(parts)
 

@@ -162,3 +162,11 @@ def test_context_off_or_nothing_held_out(shop, tmp_path):
     assert report["context"] is None and "context_s" not in report["timings"]
     assert load_model(str(out)).config.adapter.context_widen == 1.0
     assert not list((tmp_path / "cache").glob("context-*"))
+
+
+def test_indexer_info_says_whether_the_query_side_embeds_a_context_box():
+    from indexer.__main__ import _describe_query_head
+
+    assert "garment crop + 1.4x context" in _describe_query_head(AdapterConfig(dim=16, context_widen=1.4))
+    plain = _describe_query_head(AdapterConfig(dim=16))
+    assert "garment crop" in plain and "context" not in plain
