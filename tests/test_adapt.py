@@ -29,13 +29,16 @@ def _run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory) -> Path:
-    """A catalogue folder of 16 items (one photo each) on a studio-white backdrop."""
+def make_shop(root: Path, items: int, seed: int) -> Path:
+    """A catalogue folder of `items` items (one 96 px photo each) on a studio-white backdrop."""
     from demo.synth import generate_catalog
 
-    csv_path = generate_catalog(tmp_path_factory.mktemp("shop"), n_items=16, photos_per_item=1, size=96, seed=3)
-    return csv_path.parent / "images"
+    return generate_catalog(root, n_items=items, photos_per_item=1, size=96, seed=seed).parent / "images"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory) -> Path:
+    return make_shop(tmp_path_factory.mktemp("shop"), items=16, seed=3)
 
 
 @pytest.fixture(scope="module")

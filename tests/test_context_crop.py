@@ -14,7 +14,7 @@ from model.config import AdapterConfig, EmbedderConfig
 from model.training.adapt import AdaptConfig, adapt
 from model.training.adapt_context import score_context
 
-from .test_adapt import FAST
+from .test_adapt import FAST, make_shop
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -42,17 +42,20 @@ def test_checkpoints_made_before_the_setting_embed_the_crop_alone():
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory) -> Path:
     """24 items: enough that adapt holds some out (held_out_items needs 20)."""
-    from demo.synth import generate_catalog
+    return make_shop(tmp_path_factory.mktemp("shop24"), items=24, seed=5)
 
-    csv_path = generate_catalog(tmp_path_factory.mktemp("shop24"), n_items=24, photos_per_item=1, size=96, seed=5)
-    return csv_path.parent / "images"
+
+def _adapt(shop: Path, out: Path, context_widen: float = 1.5) -> dict:
+    """A frozen-backbone adapt of one view per item (the cache beside `out`) -> its report."""
+    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=out.parent / "cache", context_widen=context_widen,
+                      **FAST | {"views": 1, "tune_blocks": 0}))
+    return json.loads(out.with_name(out.stem + ".adapt.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def adapted(shop, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ctx") / "a.safetensors"
-    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=out.parent / "cache", context_widen=1.5,
-                      **FAST | {"views": 1, "tune_blocks": 0}))
+    _adapt(shop, out)
     return out
 
 
@@ -146,19 +149,15 @@ def test_the_crop_alone_ships_when_held_out_items_lose_with_the_context(shop, ad
     monkeypatch.setattr(context_module, "score_context", lambda *a, **k: {
         "queries": 3, "crop": {"top1": 0.5, "top20": 1.0}, "context": {"top1": 0.4, "top20": 1.0}})
     out = adapted.parent / "lost.safetensors"
-    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=adapted.parent / "cache", context_widen=1.5,
-                      **FAST | {"views": 1, "tune_blocks": 0}))
-    assert json.loads(out.with_name("lost.adapt.json").read_text())["context"]["shipped"] == 1.0
+    assert _adapt(shop, out)["context"]["shipped"] == 1.0
     assert load_model(str(out)).config.adapter.context_widen == 1.0
 
 
-def test_context_off_or_nothing_held_out(shop, tmp_path):
+def test_context_off_means_no_context_pass(shop, tmp_path):
     from model import load_model
 
     out = tmp_path / "off.safetensors"
-    adapt(AdaptConfig(data=shop, format="catalog", out=out, cache=tmp_path / "cache", context_widen=1.0,
-                      **FAST | {"views": 1, "tune_blocks": 0}))
-    report = json.loads(out.with_name("off.adapt.json").read_text())
+    report = _adapt(shop, out, context_widen=1.0)
     assert report["context"] is None and "context_s" not in report["timings"]
     assert load_model(str(out)).config.adapter.context_widen == 1.0
     assert not list((tmp_path / "cache").glob("context-*"))
