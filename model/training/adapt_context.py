@@ -7,7 +7,7 @@ only new backbone pass (cached like the others).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -17,8 +17,17 @@ from ..adapted_head import BOX_RULE, widen_boxes
 from ..config import Preprocessing
 from .feature_cache import CachePart, fingerprint_hash
 
-if TYPE_CHECKING:
-    from .adapt import AdaptConfig
+
+class ContextSettings(Protocol):
+    """What the stage reads of adapt's AdaptConfig (a Protocol: adapt imports this module)."""
+
+    crop_margin: float
+    context_widen: float
+    shard_rows: int
+    batch_size: int
+    progress: bool
+    seed: int
+    dim: int
 
 
 def score_context(fit_q: np.ndarray, fit_items: np.ndarray, held_crop: np.ndarray, held_wide: np.ndarray,
@@ -40,7 +49,7 @@ def score_context(fit_q: np.ndarray, fit_items: np.ndarray, held_crop: np.ndarra
             "context": top1(both, held_items, gallery, c_items)}
 
 
-def held_out_context(config: "AdaptConfig", view_parts: list[CachePart], locate, backbone, plan,
+def held_out_context(config: ContextSettings, view_parts: list[CachePart], locate, backbone, plan,
                      view_prep: Preprocessing, prep: Preprocessing, cache_root: Path, backbone_sum: str,
                      fg_sum: str, foreground, gem_p: float,
                      projection: Projection, q_pooled: np.ndarray, v_items: np.ndarray, q_ok: np.ndarray,
