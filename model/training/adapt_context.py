@@ -39,8 +39,8 @@ def score_context(fit_q: np.ndarray, fit_items: np.ndarray, held_crop: np.ndarra
     The projection is fitted on the other items' pairs only (`fit_q`, `fit_items`, the catalogue rows
     `fit_catalog` marks), as the shipped one was before its refit on all items; the held-out queries
     are searched among every catalogue item (`c_pooled`, `c_items`)."""
-    projection = fit_projection(fit_q, fit_items, c_pooled[fit_catalog], c_items[fit_catalog], dim,
-                                "residual" if head == "residual" else "whiten", epochs=epochs, seed=seed)
+    projection = fit_projection(fit_q, fit_items, c_pooled[fit_catalog], c_items[fit_catalog], dim, head,
+                                epochs=epochs, seed=seed)
     gallery = projection.embed(c_pooled, "catalog")
     crop = projection.embed(held_crop, "query")
     both = crop + projection.embed(held_wide, "query")
@@ -55,23 +55,26 @@ def held_out_context(config: ContextSettings, view_parts: list[CachePart], locat
                      projection: Projection, q_pooled: np.ndarray, v_items: np.ndarray, q_ok: np.ndarray,
                      c_pooled: np.ndarray, c_items: np.ndarray) -> dict | None:
     """score_context on the held-out items' views: their widened crops are encoded by the shipped
-    backbone (one more crop pass of those views only, cached); None when no item is held out."""
+    backbone (one more crop pass of those views only, cached); None when no view is held out."""
     held = held_out_items(len(c_items), seed=config.seed)
     if not held.any():
         return None
     held_view = q_ok & np.isin(v_items, c_items[held])
+    if not held_view.any():
+        return None
     wide, start = [], 0
     for part in view_parts:
         rows = np.flatnonzero(held_view[start:start + part.rows])
         start += part.rows
+        if not len(rows):
+            continue
         fingerprint = {"views": part.dir.name, "backbone": backbone_sum, "foreground": fg_sum, "box_rule": BOX_RULE,
                        "margin": config.crop_margin, "widen": config.context_widen, "prep": prep.to_dict(),
-                       "rows": fingerprint_hash(rows.tolist())}
+                       "source_rows": fingerprint_hash(rows.tolist())}
         wide_part = CachePart(cache_root, "context", fingerprint, len(rows), config.shard_rows).open()
         encode_crops(wide_part, part, lambda maps: widen_boxes(locate(maps), config.context_widen), backbone,
                      plan, view_prep, prep.input_size, config.batch_size, config.progress, source_rows=rows)
-        wide.append(pool_part(wide_part, foreground, gem_p) if len(rows) else
-                    np.zeros((0, q_pooled.shape[1]), np.float32))
+        wide.append(pool_part(wide_part, foreground, gem_p))
     fit = q_ok & ~held_view
     return score_context(q_pooled[fit], v_items[fit], q_pooled[held_view], np.concatenate(wide), v_items[held_view],
                          c_pooled, c_items, ~held, config.dim, projection.validation["head"],

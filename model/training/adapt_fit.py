@@ -206,4 +206,3 @@ def _reindex(q_index: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Catalogue row numbers after dropping the rows where `kept` is False."""
     new = np.cumsum(kept) - 1
     return new[q_index].astype(np.int64)
-
