@@ -242,8 +242,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _describe_query_head(head: AdapterConfig | None) -> str:
     if head is None:
         return "none (queries are embedded like catalogue photos)"
-    crop = ([f"garment crop + {head.context_widen:g}x context"] if head.context_widen != 1.0 else ["garment crop"])
-    parts = [f"adapted, {head.dim} dims"] + (crop if head.locate else []) + (
+    crop = "garment crop" + (f" + {head.context_widen:g}x context" if head.context_widen != 1.0 else "") + (
+        f" + whole photo x{head.frame_weight:g}" if head.frame_weight else "")
+    parts = [f"adapted, {head.dim} dims"] + ([crop] if head.locate else []) + (
         ["foreground pooling"] if head.foreground else []) + (["per-side residual"] if head.residual else [])
     return ", ".join(parts)
 

@@ -82,31 +82,35 @@ def _count(text: str) -> int:
     return _whole_number(text, 0)
 
 
-def _fraction(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
-def _widen_factor(text: str) -> float:
-    from .config import MAX_CONTEXT_WIDEN
+def _within(low: float, high: float):
+    """An argparse type: a number from `low` (the setting's "off") to `high`, both included."""
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} (off) and {high:g}, got {text}")
+        return value
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 1 <= value <= MAX_CONTEXT_WIDEN:
-        raise argparse.ArgumentTypeError(f"must be between 1 (off) and {MAX_CONTEXT_WIDEN:g}, got {text}")
-    return value
+    return parse
 
 
 def _add_adapt_parser(verbs) -> None:
     from .training.adapt import HEADS, AdaptConfig
     from .batch_size import batch_size_arg
+    from .config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT
 
     defaults = AdaptConfig(data=Path("."), format="catalog", out=Path("x.safetensors"))
     adapt = verbs.add_parser("adapt", help="fit a head on the frozen backbone's cached features (CPU minutes)")
@@ -136,9 +140,12 @@ def _add_adapt_parser(verbs) -> None:
                        help="plain GeM instead of foreground-weighted pooling (implies --no-locate)")
     adapt.add_argument("--no-locate", dest="locate", action="store_false",
                        help="embed the whole query instead of the garment crop")
-    adapt.add_argument("--context-widen", type=_widen_factor, default=defaults.context_widen,
+    adapt.add_argument("--context-widen", type=_within(1, MAX_CONTEXT_WIDEN), default=defaults.context_widen,
                        help="the query also embeds its garment box widened this many times, averaged with the "
                             "crop; kept only if held-out items gain (default %(default)s; 1: off)")
+    adapt.add_argument("--frame-weight", type=_within(0, MAX_FRAME_WEIGHT), default=defaults.frame_weight,
+                       help="the query also adds the whole photo's embedding with this weight (a crop weighs 1); "
+                            "kept only if held-out items do not lose (default %(default)s; 0: off)")
     adapt.add_argument("--tune-blocks", type=_count, default=None,
                        help="backbone blocks to tune on the cached trunk activations; 0: a frozen backbone "
                             "(default: 1 for efficientnet-lite, 0 for the others)")
@@ -160,7 +167,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         view_size=args.view_size, views=args.views, view_styles=tuple(v for v in args.view_styles.split(",") if v),
         cache=args.cache, device=args.device, batch_size=args.batch_size,
         workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
-        locate=args.locate and args.foreground, context_widen=args.context_widen, shard_rows=args.shard_rows,
+        locate=args.locate and args.foreground, context_widen=args.context_widen,
+        frame_weight=args.frame_weight, shard_rows=args.shard_rows,
         seed=args.seed,
         tune_blocks=args.tune_blocks, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
         progress=not args.quiet,

@@ -15,6 +15,7 @@ CONFIG_FORMAT_VERSION = 2
 POOLINGS = ("max", "gem", "avg")
 RESIZE_POLICIES = ("letterbox", "squash", "center-crop")
 MAX_CONTEXT_WIDEN = 4.0  # past it the "context" crop is mostly street
+MAX_FRAME_WEIGHT = 2.0   # past it the street outweighs the garment crops
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class AdapterConfig:
     # centre, and the query's embedding is the normalised mean of both (context around a tight or
     # misplaced box); 1.0: the crop alone, as checkpoints made before the setting.
     context_widen: float = 1.0
+    # Query side, when locating: the whole frame's embedding (from the map the garment was found
+    # on: no further backbone pass) is added with this weight to the crops' (each crop weighs 1);
+    # 0.0: the crops alone, as checkpoints made before the setting.
+    frame_weight: float = 0.0
     gem_p: float = 3.0
     residual: bool = True              # per-side residual linear heads after the whitening
 
@@ -87,6 +92,8 @@ class AdapterConfig:
             raise ValueError(f"crop_margin must be within 0..1, got {self.crop_margin}")
         if not 1 <= self.context_widen <= MAX_CONTEXT_WIDEN:
             raise ValueError(f"context_widen must be within 1..{MAX_CONTEXT_WIDEN:g}, got {self.context_widen}")
+        if not 0 <= self.frame_weight <= MAX_FRAME_WEIGHT:
+            raise ValueError(f"frame_weight must be within 0..{MAX_FRAME_WEIGHT:g}, got {self.frame_weight}")
         if self.foreground_hidden < 1 or self.gem_p < 1:
             raise ValueError("foreground_hidden must be positive and gem_p at least 1")
 

@@ -76,7 +76,7 @@ class Embedder(nn.Module):
         crops = torch.cat([crop_boxes(images, b, size) for b in self.adapter.query_boxes(boxes)])
         if images.is_contiguous(memory_format=torch.channels_last):
             crops = crops.contiguous(memory_format=torch.channels_last)
-        return self.embed_query_views(crops, len(images)), boxes
+        return self.embed_query_views(crops, len(images), frame_maps=fmap), boxes
 
     @property
     def locates_garments(self) -> bool:
@@ -93,11 +93,19 @@ class Embedder(nn.Module):
         """The query side's second pass: garment crops at the catalogue's input size -> (B, D) unit vectors."""
         return self.adapter.project(self.adapter.pool(self.backbone(crops)), "query")
 
-    def embed_query_views(self, crops: torch.Tensor, queries: int, flip: bool = False) -> torch.Tensor:
+    def embed_query_views(self, crops: torch.Tensor, queries: int, flip: bool = False,
+                          frame_maps: torch.Tensor | None = None) -> torch.Tensor:
         """(V * B, 3, S, S) crops of B queries, view after view (the boxes of `adapter.query_boxes`)
-        -> (B, D): the normalised sum of every crop's unit embedding (and of its mirror's with `flip`),
-        one backbone pass for all of them."""
+        -> (B, D): the normalised sum of every crop's unit embedding (a crop and its mirror's mean
+        with `flip`), one backbone pass for all of them; plus, weighted by the adapter's
+        `frame_weight`, the whole frame's embedding from `frame_maps`, the (B, C, h, w) maps the
+        garments were found on."""
         if flip:  # the mirrored photo's garment is the mirrored crop: no second locate pass
             crops = torch.cat([crops, torch.flip(crops, dims=[3])])
         embeddings = self.embed_query_crops(crops).float()
-        return F.normalize(embeddings.view(-1, queries, embeddings.shape[-1]).sum(0), dim=-1)
+        # A mirror counts half, so the frame's weight means the same with and without flip.
+        total = embeddings.view(-1, queries, embeddings.shape[-1]).sum(0) / (2 if flip else 1)
+        weight = self.adapter.config.frame_weight
+        if weight and frame_maps is not None:
+            total = total + weight * self.adapter.project(self.adapter.pool(frame_maps), "query").float()
+        return F.normalize(total, dim=-1)

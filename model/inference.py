@@ -117,11 +117,11 @@ def _embed_photo_crops(net: torch.nn.Module, images: torch.Tensor, photos: Seque
     if len(photos) != len(images):
         raise ValueError(f"{len(photos)} photos for {len(images)} query tensors")
     with inference_context(plan):
-        _, boxes = net.locate_garments(on_device(images, plan))
+        fmap, boxes = net.locate_garments(on_device(images, plan))
     crops = torch.cat([crop_photos(photos, box_set.float().cpu().numpy(), images.shape[-1], net.config.preprocessing)
                        for box_set in net.adapter.query_boxes(boxes)])
     with inference_context(plan):
-        embeddings = net.embed_query_views(on_device(crops, plan), len(photos), flip)
+        embeddings = net.embed_query_views(on_device(crops, plan), len(photos), flip, frame_maps=fmap)
     return embeddings.float().cpu().numpy(), boxes.float().cpu().numpy()
 
 

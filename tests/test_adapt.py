@@ -191,12 +191,14 @@ def test_query_side_crops_a_small_garment_from_the_photo_not_from_the_query_tens
     tensor = build_transform(loaded.config.query_prep)(photo)[None]
     vectors, boxes = embed_query_batch(model, tensor, plan, photos=[photo])
     with torch.inference_mode():
-        _, located = model.locate_garments(tensor)
-        # every box the query is embedded from (the garment's and its context box) is cut from the photo
+        fmap, located = model.locate_garments(tensor)
+        # every box the query is embedded from (the garment's and its context box) is cut from the photo;
+        # the whole frame's term comes from the locate pass's map
         expected = sum(model.embed_query_crops(crop_photos([photo], box.numpy(), tensor.shape[-1],
                                                            loaded.config.preprocessing)).numpy()
                        for box in model.adapter.query_boxes(located))
-        expected = _unit(expected)
+        frame = model.adapter.project(model.adapter.pool(fmap), "query").numpy()
+        expected = _unit(expected + model.adapter.config.frame_weight * frame)
         from_tensor, _ = model.encode_query(tensor)
     np.testing.assert_allclose(boxes, located.numpy(), atol=1e-6)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
@@ -290,8 +292,9 @@ def test_adapted_checkpoint_carries_both_sides(adapted):
     assert (config.preprocessing.input_size, config.query_prep.input_size) == (64, 96)
     report = json.loads(adapted.with_name("a.adapt.json").read_text())
     assert report["catalog_photos"] == 16 and report["views"] == 32 and report["skipped"] == []
-    # 16 items hold none out: the context crop ships as configured, and the report says it was not measured
+    # 16 items hold none out: the context crop and the frame ship as configured, the report says unmeasured
     assert "not_measured" in report["context"] and config.adapter.context_widen == AdaptConfig.context_widen
+    assert config.adapter.frame_weight == AdaptConfig.frame_weight == report["context"]["shipped"]["frame_weight"]
     query, boxes = loaded.model.encode_query(torch.rand(2, 3, 96, 96))
     assert query.shape == (2, loaded.model.embedding_dim) and boxes.shape == (2, 4)
     torch.testing.assert_close(query.norm(dim=1), torch.ones(2))
@@ -331,11 +334,12 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
 
     plan = plan_inference(torch.device("cpu"))
     # the service crops the garment out of the decoded photo, not out of the query tensor
+    # at full resolution (no JPEG draft decoding), and its query tensor made from that decode
     street_photo = [load_image(street_path)]
+    service_tensor = build_transform(query_prep)(street_photo[0])[None]
     with torch.inference_mode():
-        query, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan, photos=street_photo)
-        flipped, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan, flip=True,
-                                       photos=street_photo)
+        query, _ = embed_query_batch(loaded.model, service_tensor, plan, photos=street_photo)
+        flipped, _ = embed_query_batch(loaded.model, service_tensor, plan, flip=True, photos=street_photo)
         from_tensor, _ = embed_query_batch(loaded.model, photo_tensor(street_path, query_prep), plan)
         catalogue_side = loaded.model(photo_tensor(street_path, shop_prep))
         vectors = np.stack([loaded.model(photo_tensor(p, shop_prep))[0].numpy() for p in sorted(shop.iterdir())])
@@ -439,6 +443,8 @@ def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
         (["--data", str(shop), "--format", "catalog", "--out", out, "--tune-lr", "2"], "--tune-lr"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--context-widen", "0.5"], "--context-widen"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--context-widen", "wide"], "--context-widen"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--frame-weight", "-0.5"], "--frame-weight"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--frame-weight", "3"], "--frame-weight"),
     ]
     for args, words in cases:
         result = _run_cli("adapt", *args, "--cache", str(tmp_path / "cache"))

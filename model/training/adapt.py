@@ -30,7 +30,7 @@ from ..adapted_head import BOX_RULE, garment_boxes
 from ..backbones import split_backbone
 from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
-from ..config import MAX_CONTEXT_WIDEN, AdapterConfig, EmbedderConfig, Preprocessing
+from ..config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT, AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
 from ..embedder import Embedder
 from .feature_cache import CachePart, fingerprint_hash
@@ -77,6 +77,9 @@ class AdaptConfig:
     # The query side also embeds the garment box widened this much (AdapterConfig.context_widen);
     # shipped unless the held-out items find their shop photos worse with it. 1.0: off.
     context_widen: float = 1.4
+    # ... and the whole frame's embedding with this weight (AdapterConfig.frame_weight), on the same
+    # condition. 0: off.
+    frame_weight: float = 0.5
     max_cells: int = 300_000
     shard_rows: int = 256           # rows per cache shard: what a killed run can lose
     # Blocks of the backbone to tune on the cached trunk activations (tune_tail.py). None: one for
@@ -109,6 +112,9 @@ class AdaptConfig:
         if not 1 <= self.context_widen <= MAX_CONTEXT_WIDEN:
             raise ValueError(f"--context-widen must be between 1 (off) and {MAX_CONTEXT_WIDEN:g}, "
                              f"got {self.context_widen}")
+        if not 0 <= self.frame_weight <= MAX_FRAME_WEIGHT:
+            raise ValueError(f"--frame-weight must be between 0 (off) and {MAX_FRAME_WEIGHT:g}, "
+                             f"got {self.frame_weight}")
         if self.tune_blocks is not None and self.tune_blocks < 0:
             raise ValueError(f"--tune-blocks must be 0 (no tuning) or more, got {self.tune_blocks}")
         TuneConfig(blocks=1, epochs=self.tune_epochs, lr=self.tune_lr)  # its own checks
@@ -298,24 +304,18 @@ def adapt(config: AdaptConfig) -> Path:
             tail.load_state_dict(frozen_tail)
             tuned_part.remove()
 
-    context, widen = None, 1.0
-    if config.locate and config.context_widen != 1.0:
+    context, widen, frame_weight = None, 1.0, 0.0
+    if config.locate and (config.context_widen != 1.0 or config.frame_weight):
         t0 = time.perf_counter()
         tuned_ships = tuning is not None and tuning["shipped"] == "tuned"
         ship_q, ship_cat = (tuned_q, tuned_cat) if tuned_ships else (q_pooled, cat_pooled)
-        context = held_out_context(config, view_parts, locate, backbone, plan, view_prep, prep, cache_root,
-                                    weights_checksum(model.backbone), fg_sum, foreground, adapter.gem_p, projection,
-                                    ship_q, v_items, q_ok, ship_cat[c_rows], c_items)
-        better = context is None or context["context"]["top1"] >= context["crop"]["top1"]
-        widen = config.context_widen if better else 1.0
-        context = (context or {"not_measured": "under 20 training items: none held out"}) | {
-            "widen": config.context_widen, "shipped": widen}
-        log.info("context crop %.2fx: held-out %s: ships %s", config.context_widen, context,
-                 "it" if widen != 1.0 else "the crop alone")
+        context, widen, frame_weight = held_out_context(
+            config, view_parts, locate, backbone, plan, view_prep, prep, cache_root, weights_checksum(model.backbone),
+            fg_sum, foreground, adapter.gem_p, projection, ship_q, v_items, q_ok, ship_cat[c_rows], c_items)
         timings["context_s"] = time.perf_counter() - t0
 
     adapter = replace(adapter, dim=projection.whitening.projection.shape[0], residual=projection.residuals is not None,
-                      context_widen=widen)
+                      context_widen=widen, frame_weight=frame_weight)
     embed_config = EmbedderConfig(backbone=config.backbone, preprocessing=prep,
                                   query_preprocessing=query_prep, adapter=adapter)
     adapted = _assemble(embed_config, model, foreground, projection)
