@@ -232,6 +232,27 @@ def test_full_disk_is_a_clear_error_and_leaves_no_half_shard(tmp_path, monkeypat
     assert part.missing() == [1]
 
 
+def test_a_part_that_will_not_fit_on_the_disk_is_said_at_its_first_shard(tmp_path, monkeypatch, caplog):
+    from collections import namedtuple
+
+    import model.training.feature_cache as feature_cache
+
+    usage = namedtuple("usage", "total used free")
+    free = {"bytes": 10**12}
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: usage(2 * 10**12, 0, free["bytes"]))
+    roomy = CachePart(tmp_path, "views", {"x": 1}, rows=8, shard_size=2).open()
+    with caplog.at_level("WARNING", logger="snap2shop.adapt"):
+        roomy.write(0, {"a": np.zeros((2, 1000))})
+    assert not caplog.records
+    free["bytes"] = 1000  # three shards of about 16 kB each still to come
+    tight = CachePart(tmp_path, "views", {"x": 2}, rows=8, shard_size=2).open()
+    with caplog.at_level("WARNING", logger="snap2shop.adapt"):
+        tight.write(0, {"a": np.zeros((2, 1000))})
+        tight.write(1, {"a": np.zeros((2, 1000))})  # said once per part, not at every shard
+    assert len(caplog.records) == 1 and "GB free" in caplog.text and "--cache" in caplog.text
+    assert tight.missing() == [2, 3]  # a warning, not a stop: the run goes on until the disk is full
+
+
 def test_adapt_resumes_from_the_shards_a_killed_run_wrote(shop, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "a.safetensors"
     args = ["adapt", "--data", str(shop), "--format", "catalog", "--out", str(out), "--cache", str(cache),

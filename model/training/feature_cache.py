@@ -43,6 +43,7 @@ class CachePart:
         self.dir = Path(root) / f"{name}-{fingerprint_hash(self.fingerprint)}"
         self.rows, self.shard_size = rows, shard_size
         self.shards = (rows + shard_size - 1) // shard_size
+        self._space_checked = False
 
     @classmethod
     def find(cls, root: Path, name: str, fingerprint: dict, rows: int) -> "CachePart | None":
@@ -104,6 +105,18 @@ class CachePart:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _cache_os_error(exc, self.dir) from None
+        if not self._space_checked:
+            self._space_checked = True
+            self._warn_if_short_of_space(self.shard_path(index).stat().st_size)
+
+    def _warn_if_short_of_space(self, shard_bytes: int) -> None:
+        """Say at the first shard, not after an hour, when the rest of the part will not fit on the disk."""
+        needed = shard_bytes * len(self.missing())
+        free = shutil.disk_usage(self.dir).free
+        if needed > free:
+            log.warning("the cache %s needs about %.1f GB more for this part, but its disk has %.1f GB free: "
+                        "the run will stop when it is full (finished shards are kept); free space or pass "
+                        "--cache on another disk", self.dir, needed / 1e9, free / 1e9)
 
     def read(self, keys: Iterable[str], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The named arrays of every row (or of `rows`, sorted row numbers), shard by shard."""
