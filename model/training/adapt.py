@@ -1,7 +1,8 @@
 """`python -m model adapt`: a trained embedder without a GPU.
 
 The backbone's feature maps of the catalogue and of shoppers' views (synthesised from the shop
-photos, or real ones) are computed once into a resumable cache; a head is fitted on the cache in
+photos, or real ones) are computed once into a resumable cache (`--box-views` sets skip the frame
+pass: cropped at their mask's box, adapt_data.MaskBoxCrops); a head is fitted on the cache in
 seconds: the foreground net, the garment crop of the query side, foreground-weighted GeM, learned
 whitening and per-side residual heads. Then (EfficientNet-Lite: by default) the backbone's last
 block is tuned on the trunk activations the passes kept and the projection refitted on its
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 
 from .adapt_cache import TrunkAndMaps, encode_crops, encode_rows
-from .adapt_data import RowDataset, catalog_rows, row_key, view_rows
+from .adapt_data import MASK_BOX_JITTER, MaskBoxCrops, RowDataset, catalog_rows, row_key, view_rows
 from .adapt_context import held_out_context
-from .adapt_fit import Projection, fit_foreground, fit_projection, held_out_items, pool_part, sample_cells
+from .adapt_fit import Projection, fit_foreground_on_parts, fit_projection, held_out_items, pool_part
 from ..adapted_head import BOX_RULE, garment_boxes
 from ..backbones import split_backbone
 from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
@@ -33,7 +34,7 @@ from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
 from ..config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT, AdapterConfig, EmbedderConfig, Preprocessing
 from .data import Photo, read_data
 from ..embedder import Embedder
-from .feature_cache import CachePart, fingerprint_hash
+from .feature_cache import CachePart, fingerprint_hash, read_parts
 from .tune_tail import TuneConfig, build_pairs, pooled_through_tail, train_tail, write_tail_maps
 from ..inference import plan_inference, prepare_model, resolve_device
 
@@ -64,6 +65,8 @@ class AdaptConfig:
     query_size: int = 384
     view_size: int = 320
     views: int = 2                  # synthesised views per item (catalog format)
+    # Of those, the last box_views sets are cropped at their mask's box (MaskBoxCrops): no frame pass.
+    box_views: int = 0
     view_styles: tuple[str, ...] = ("default",)  # view set n is drawn in style n mod len (synthesis.VIEW_STYLES)
     cache: Path | None = None
     device: str = "auto"
@@ -94,6 +97,9 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.views < 1 or self.views > 64:
             raise ValueError(f"--views must be between 1 and 64, got {self.views}")
+        if not 0 <= self.box_views < self.views or (self.box_views and not self.locate):
+            raise ValueError(f"--box-views must be from 0 to --views - 1 ({self.views - 1}) and needs the garment "
+                             f"crop (no --no-locate), got {self.box_views}")
         parse_batch_size(self.batch_size, "--batch-size")
         if self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
             raise ValueError("--shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
@@ -201,9 +207,10 @@ def adapt(config: AdaptConfig) -> Path:
     else:
         view_sets = [catalog_rows(train.consumer())]
     v_rows = [row for rows in view_sets for row in rows]
+    located_sets = len(view_sets) - (config.box_views if synthesised else 0)  # the rest: MaskBoxCrops
     view_parts = []
     t0 = time.perf_counter()
-    for n, (rows, synthesizer) in enumerate(zip(view_sets, synthesizers)):
+    for n, (rows, synthesizer) in enumerate(zip(view_sets[:located_sets], synthesizers)):
         synth_desc = asdict(synthesizer.config) if synthesizer else None
         fingerprint = base | {"prep": view_prep.to_dict(), "rows": _rows_hash(rows), "synth": synth_desc}
         part = CachePart(cache_root, "views", fingerprint, len(rows), config.shard_rows).open()
@@ -215,16 +222,30 @@ def adapt(config: AdaptConfig) -> Path:
                     view_trunk)
         view_parts.append(part)
     timings["views_s"] = time.perf_counter() - t0
+    box_parts = []
+    t0 = time.perf_counter()
+    for n in range(located_sets, len(view_sets)):
+        rows, synthesizer = view_sets[n], synthesizers[n]
+        fingerprint = base | {"prep": prep.to_dict(), "frame_size": config.query_size, "rows": _rows_hash(rows),
+                              "synth": asdict(synthesizer.config), "box_rule": BOX_RULE, "margin": config.crop_margin,
+                              "jitter": list(MASK_BOX_JITTER)}
+        part = CachePart(cache_root, "boxcrops", fingerprint, len(rows), config.shard_rows).open()
+        encode_rows(part, MaskBoxCrops(rows, prep, synthesizer, config.query_size, config.crop_margin, MASK_BOX_JITTER),
+                    keeping, plan, config.batch_size, config.workers, config.progress,
+                    f"mask-box views {n + 1}/{len(view_sets)}", _trunk_part(part, tune_blocks))
+        box_parts.append(part)
+    if box_parts:
+        timings["box_views_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     cat_info = cat_part.read(["ok", "has_mask", "error"])
-    view_info = _read_parts(view_parts, ["ok", "has_mask", "error"])
+    view_info = read_parts(view_parts + box_parts, ["ok", "has_mask", "error"])
     skipped = sorted({str(e) for e in np.concatenate([cat_info["error"], view_info["error"]]) if e})
     for line in skipped[:20]:
         log.warning("skipped: %s", line)
     foreground = None
     if config.foreground:
-        foreground = _fit_foreground(cat_part, view_parts, config)
+        foreground = fit_foreground_on_parts(cat_part, view_parts, config.max_cells, config.seed)
     timings["foreground_s"] = time.perf_counter() - t0
 
     adapter = AdapterConfig(dim=config.dim, foreground=config.foreground, locate=config.locate,
@@ -245,6 +266,7 @@ def adapt(config: AdaptConfig) -> Path:
             encode_crops(crop_part, part, locate, keeping, plan, view_prep, prep.input_size,
                          config.batch_size, config.progress, _trunk_part(crop_part, tune_blocks))
             query_parts.append(crop_part)
+    query_parts = query_parts + box_parts
     timings["crops_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -324,6 +346,7 @@ def adapt(config: AdaptConfig) -> Path:
               "cache": str(cache_root.resolve()), "batch_size": config.batch_size,
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
               "views_per_item": config.views if synthesised else None,
+              "box_views": config.box_views if synthesised else None,
               "view_styles": list(config.view_styles) if synthesised else None, "skipped": skipped,
               "projection": projection.validation, "tuning": tuning, "context": context,
               "timings": {k: round(v, 1) for k, v in timings.items()}}
@@ -352,32 +375,6 @@ def _held_out_top1(projection: Projection) -> float | None:
     scores = [projection.validation.get(key, {}).get("top1") for key in ("val_whiten", "val_residual")]
     scores = [s for s in scores if s is not None]
     return max(scores) if scores else None
-
-
-def _read_parts(parts: list[CachePart], keys: list[str]) -> dict[str, np.ndarray]:
-    got = [part.read(keys) for part in parts]
-    return {k: np.concatenate([g[k] for g in got]) for k in keys}
-
-
-def _fit_foreground(cat_part: CachePart, view_parts: list[CachePart], config: AdaptConfig):
-    rng = np.random.default_rng(config.seed)
-    cells, targets = [], []
-    # Views carry most of the signal (street vs garment); shop photos teach white backdrop vs product.
-    budgets = [(part, 0.7 / len(view_parts)) for part in view_parts] + [(cat_part, 0.3)]
-    for part, share in budgets:
-        per_shard = max(1, int(config.max_cells * share) // max(1, part.shards))
-        for shard in range(part.shards):
-            span = part.shard_rows(shard)
-            got = part.read(["maps", "mask_grid", "has_mask", "ok"], np.arange(span.start, span.stop))
-            usable = got["ok"] & got["has_mask"]
-            if not usable.any():
-                continue
-            x, y = sample_cells(got["maps"][usable], got["mask_grid"][usable], per_shard, rng)
-            cells.append(x)
-            targets.append(y)
-    if not cells:
-        raise ValueError("no photo with a known garment mask: cannot fit the foreground head")
-    return fit_foreground(np.concatenate(cells), np.concatenate(targets), hidden=64, seed=config.seed)
 
 
 def _assemble(config: EmbedderConfig, source: Embedder, foreground, projection) -> Embedder:

@@ -113,7 +113,11 @@ def held_out_context(config: ContextSettings, view_parts: list[CachePart], locat
     out, nothing is measured and the terms ship as configured."""
     configured = {"widen": config.context_widen, "frame_weight": config.frame_weight}
     held = held_out_items(len(c_items), seed=config.seed)
-    held_view = q_ok & np.isin(v_items, c_items[held]) if held.any() else np.zeros(len(v_items), bool)
+    of_held = np.isin(v_items, c_items[held])
+    # Only located view sets have frames to crop again; the projection is fitted without any view
+    # of a held-out item (mask-box crops after them included).
+    located = np.arange(len(v_items)) < sum(part.rows for part in view_parts)
+    held_view = q_ok & of_held & located
     if not held_view.any():
         report = configured | {"not_measured": "under 20 training items: none held out",
                                "shipped": dict(configured)}
@@ -129,7 +133,7 @@ def held_out_context(config: ContextSettings, view_parts: list[CachePart], locat
         frame = _held_out_pass("frames", {"backbone": backbone_sum, "size": config.query_size},
                                lambda maps: torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(maps), 4),
                                config.query_size, *args)
-    fit = q_ok & ~held_view
+    fit = q_ok & ~of_held
     scores = score_context(q_pooled[fit], v_items[fit], q_pooled[held_view], v_items[held_view], c_pooled,
                            c_items, ~held, config.dim, projection.validation["head"], held_wide=wide,
                            held_frame=frame, frame_weight=config.frame_weight,

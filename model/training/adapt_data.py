@@ -19,13 +19,18 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..adapted_head import garment_boxes
 from ..config import Preprocessing
+from ..garment_crop import crop_photo
 from ..synthesis.cutout import product_mask
 from .data import Photo
 from ..preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor, load_input_image
 from .views import load_photo
 
 VIEW_SEED = 7_000_000  # adaptation's views; evaluation draws its own from another seed
+# MaskBoxCrops' random move of a mask's box: (centre shift in box sides, log of the side), standard
+# deviations, as far as located boxes were off their masks' on the default views (README, "Adapt").
+MASK_BOX_JITTER = (0.05, 0.1)
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,48 @@ class RowDataset(Dataset):
         if self.keep_frame:
             out |= {"frame": torch.zeros(size, size, 3, dtype=torch.uint8), "content": torch.zeros(4, dtype=torch.long)}
         return out
+
+
+class MaskBoxCrops(RowDataset):
+    """Synthesised views, each cropped at its product mask's garment box: the query side's crop
+    without the frame pass that finds the garment (about half a located view set's cost).
+
+    The box is read off the mask letterboxed into the `frame_size` query frame by the rule a
+    foreground map is read by (adapted_head.garment_boxes), then moved and scaled at random (`jitter`:
+    standard deviations of the centre's shift, in box sides, and of the side's log) as a located box
+    is off its mask's; the crop is cut from the view's own pixels, as the service cuts an upload's.
+    Rows have RowDataset's keys (no mask: the crop's map trains no foreground head)."""
+
+    def __init__(self, rows: Sequence[Row], prep: Preprocessing, synthesizer, frame_size: int, margin: float,
+                 jitter: tuple[float, float]) -> None:
+        super().__init__(rows, prep, synthesizer)
+        self.frame_size, self.margin, self.jitter = frame_size, margin, jitter
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        try:
+            img, mask = self.synthesizer.compose(load_photo(row.photo), random.Random(row.synth_seed))
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            return self._failed(f"{row.photo.path}: {exc}")
+        box = mask_box(mask, self.frame_size, self.margin)
+        rng = np.random.default_rng(row.synth_seed)
+        side = box[2] - box[0]
+        centre = (box[:2] + box[2:]) / 2 + rng.normal(0, self.jitter[0], 2) * side
+        half = side * np.exp(rng.normal(0, self.jitter[1])) / 2
+        size = self.prep.input_size
+        return {"tensor": crop_photo(img, np.r_[centre - half, centre + half], self.frame_size, self.prep),
+                "mask": torch.zeros(size, size, dtype=torch.uint8), "has_mask": False, "ok": True, "error": "",
+                "sha256": ""}
+
+
+def mask_box(mask: Image.Image, frame_size: int, margin: float) -> np.ndarray:
+    """An 'L' garment mask -> its (4,) garment box in units of the `frame_size` letterbox frame, by
+    the rule a foreground map is read by (adapted_head.garment_boxes)."""
+    grid = max(8, frame_size // 8)  # a map's cells after garment_boxes' 4x upsampling, at that frame size
+    content, left, top = letterbox_content(mask, grid)
+    canvas = np.zeros((grid, grid), np.float32)
+    canvas[top:top + content.height, left:left + content.width] = np.asarray(content, np.float32) / 255
+    return garment_boxes(torch.from_numpy(canvas)[None, None], margin)[0].numpy().astype(np.float64)
 
 
 def frames_to_tensor(frames: np.ndarray, content: np.ndarray, prep: Preprocessing) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Fitting the adapted head on cached feature maps: no backbone pass happens here.
 
-1. `fit_foreground`: the 1x1-convolution foreground net, from cells whose garment share is known
-   (the synthesiser's masks for views, the non-backdrop area for shop photos).
+1. `fit_foreground` (`fit_foreground_on_parts`: sampled from cache parts): the 1x1-convolution
+   foreground net, from cells whose garment share is known (the synthesiser's masks for views, the
+   non-backdrop area for shop photos).
 2. `pool`: foreground-weighted GeM of cached maps.
 3. `fit_projection`: learned whitening (closed form), then optionally one residual linear head per
    side trained with InfoNCE; which of the two ships is decided on held-out training items.
@@ -50,13 +51,37 @@ def fit_foreground(cells: np.ndarray, targets: np.ndarray, hidden: int, epochs: 
     return head
 
 
-def sample_cells(maps: np.ndarray, grids: np.ndarray, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_cells(maps: np.ndarray, grids: np.ndarray, limit: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Up to `limit` random (cell feature, garment share) pairs from (N, C, h, w) maps and (N, h, w) grids."""
     n, c, h, w = maps.shape
     picks = rng.choice(n * h * w, size=min(limit, n * h * w), replace=False)
     rows, cells = np.divmod(picks, h * w)
     ys, xs = np.divmod(cells, w)
     return maps[rows, :, ys, xs].astype(np.float16), grids[rows, ys, xs].astype(np.float32)
+
+
+def fit_foreground_on_parts(cat_part: CachePart, view_parts: list[CachePart], max_cells: int,
+                            seed: int = 0) -> ForegroundHead:
+    """fit_foreground on up to `max_cells` cells sampled from cached maps with known garment masks."""
+    rng = np.random.default_rng(seed)
+    cells, targets = [], []
+    # Views carry most of the signal (street vs garment); shop photos teach white backdrop vs product.
+    budgets = [(part, 0.7 / len(view_parts)) for part in view_parts] + [(cat_part, 0.3)]
+    for part, share in budgets:
+        per_shard = max(1, int(max_cells * share) // max(1, part.shards))
+        for shard in range(part.shards):
+            span = part.shard_rows(shard)
+            got = part.read(["maps", "mask_grid", "has_mask", "ok"], np.arange(span.start, span.stop))
+            usable = got["ok"] & got["has_mask"]
+            if not usable.any():
+                continue
+            x, y = sample_cells(got["maps"][usable], got["mask_grid"][usable], per_shard, rng)
+            cells.append(x)
+            targets.append(y)
+    if not cells:
+        raise ValueError("no photo with a known garment mask: cannot fit the foreground head")
+    return fit_foreground(np.concatenate(cells), np.concatenate(targets), hidden=64, seed=seed)
 
 
 def pool(maps: np.ndarray, foreground: ForegroundHead | None, p: float, batch_size: int = 256) -> np.ndarray:
@@ -129,7 +154,8 @@ def _train_residuals(whitening: Whitening, q_pooled: np.ndarray, q_index: np.nda
         return F.normalize(y + layers[name](y), dim=1)
 
     def state() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return {n: (l.weight.detach().numpy().copy(), l.bias.detach().numpy().copy()) for n, l in layers.items()}
+        return {side: (layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy())
+                for side, layer in layers.items()}
 
     best, best_epoch, best_state, curve = -1.0, 0, state(), []
     for epoch in range(1, epochs + 1):

@@ -142,6 +142,12 @@ class CachePart:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def read_parts(parts: list[CachePart], keys: list[str]) -> dict[str, np.ndarray]:
+    """The named arrays of every row of several parts, one after the other."""
+    got = [part.read(keys) for part in parts]
+    return {k: np.concatenate([g[k] for g in got]) for k in keys}
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_bytes(data)
