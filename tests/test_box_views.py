@@ -44,7 +44,7 @@ def one_row(tmp_path) -> list[Row]:
 def test_without_jitter_the_crop_is_the_located_rule_applied_to_the_exact_mask(one_row):
     prep, frame = Preprocessing(input_size=64), 96
     synth = _Placed((100, 60, 220, 200))
-    got = MaskBoxCrops(one_row, prep, synth, frame, margin=0.1, jitter=(0.0, 0.0))[0]
+    got = MaskBoxCrops(one_row, prep, synth, frame, margin=0.1, jitter=(0.0, 0.0, 0.0))[0]
     assert got["ok"] and not got["has_mask"] and got["tensor"].shape == (3, 64, 64)
     # the same rule on the mask letterboxed into the query frame, by hand
     grid = frame // 8
@@ -63,8 +63,8 @@ def test_without_jitter_the_crop_is_the_located_rule_applied_to_the_exact_mask(o
 def test_jitter_moves_the_box_the_same_way_for_the_same_row_and_never_fails(one_row):
     prep = Preprocessing(input_size=64)
     synth = _Placed((100, 60, 220, 200))
-    still = MaskBoxCrops(one_row, prep, synth, 96, margin=0.1, jitter=(0.0, 0.0))[0]["tensor"]
-    moved = MaskBoxCrops(one_row, prep, synth, 96, margin=0.1, jitter=(0.2, 0.3))
+    still = MaskBoxCrops(one_row, prep, synth, 96, margin=0.1, jitter=(0.0, 0.0, 0.0))[0]["tensor"]
+    moved = MaskBoxCrops(one_row, prep, synth, 96, margin=0.1, jitter=(0.2, -0.1, 0.3))
     assert not torch.allclose(moved[0]["tensor"], still)
     torch.testing.assert_close(moved[0]["tensor"], moved[0]["tensor"])  # a row is the same crop every time
 
@@ -75,7 +75,7 @@ def test_an_unreadable_shop_photo_is_a_flagged_row_not_an_exception(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     rows = [Row(Photo(broken, "item-1", "shop", "train"), synth_seed=3)]
-    got = MaskBoxCrops(rows, Preprocessing(input_size=64), ConsumerViewSynthesizer(), 96, 0.1, (0.05, 0.1))[0]
+    got = MaskBoxCrops(rows, Preprocessing(input_size=64), ConsumerViewSynthesizer(), 96, 0.1, (0.05, -0.1, 0.1))[0]
     assert not got["ok"] and "broken.jpg" in got["error"]
 
 
