@@ -2,7 +2,7 @@
 
     python bench/bench_adapt.py [--data ../shared/data/fashion-products] [--cache DIR] [--queries 600]
         [--model SPEC ...] [--zero-shot-sizes 224,320,384] [--recipes synth,small,harsh,street,motion]
-        [--variants default,k1,whiten,no-locate,no-foreground] [--tta] [--out var/bench/adapt.json]
+        [--variants default,k1,whiten,no-locate,no-foreground] [--tta [flip|both]] [--out var/bench/adapt.json]
         [--query-sizes 224,320,384,448] [--crop-from photo,query]
 
 Adaptation trains on fashion-products' `train` items only (split.csv); every figure is measured on
@@ -191,7 +191,8 @@ def main() -> int:
     parser.add_argument("--zero-shot-pooling", default="max")
     parser.add_argument("--recipes", default="synth,small,harsh,street,motion")
     parser.add_argument("--variants", default="", help=f"adapt variants to train and score: {','.join(VARIANTS)}")
-    parser.add_argument("--tta", action="store_true", help="also score flip test-time augmentation")
+    parser.add_argument("--tta", nargs="?", const="both", default="none", choices=("none", "flip", "both"),
+                        help="test-time augmentation to score: none (default), flip, or both (--tta alone)")
     parser.add_argument("--query-sizes", default="", help="adapted models: also score at these query sizes")
     parser.add_argument("--crop-from", default="photo", help="adapted models: photo, query or both (photo,query)")
     parser.add_argument("--workers", type=int, default=2)
@@ -226,7 +227,7 @@ def main() -> int:
         started = time.perf_counter()
         cat = catalog_embeddings(loaded, cached_maps, args.cache, gallery, args.workers)
         for r in recipes:
-            for flip in ((False, True) if args.tta else (False,)):
+            for flip in {"none": (False,), "flip": (True,), "both": (False, True)}[args.tta]:
                 t = time.perf_counter()
                 q = embed_queries(loaded, queries[r][0], flip=flip, crop_from=crop_from)
                 query_s = time.perf_counter() - t
