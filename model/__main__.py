@@ -128,7 +128,8 @@ def _add_adapt_parser(verbs) -> None:
                        help=f"synthesised shopper's views per item, catalog format (default {defaults.views})")
     adapt.add_argument("--box-views", type=_count, default=defaults.box_views,
                        help="of the --views sets, this many are cropped at the box of the synthesiser's mask "
-                            "instead of a box found by a frame pass: about half the cost (default %(default)s)")
+                            "instead of a box found by a frame pass: about 56%% of a set's cost, but measured worse on small "
+                            "garments (README; default %(default)s)")
     adapt.add_argument("--view-styles", default=",".join(defaults.view_styles),
                        help="comma-separated synthesiser styles, view set n in style n mod their number: "
                             "default, hard (default %(default)s)")

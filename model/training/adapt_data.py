@@ -124,7 +124,8 @@ class RowDataset(Dataset):
 
 class MaskBoxCrops(RowDataset):
     """Synthesised views, each cropped at its product mask's garment box: the query side's crop
-    without the frame pass that finds the garment (about half a located view set's cost).
+    without the frame pass that finds the garment (56% of a located view set's cost, measured; not
+    a default: it lost on small garments, README "Mask-box view sets").
 
     The box is read off the mask letterboxed into the `frame_size` query frame by the rule a
     foreground map is read by (adapted_head.garment_boxes), then moved and scaled at random (`jitter`:
