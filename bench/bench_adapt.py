@@ -161,7 +161,7 @@ def catalog_embeddings(loaded, cached_maps: dict, cache: Path | None, gallery_ph
     import numpy as np
     import torch
 
-    from model.training.adapt import find_catalog_maps
+    from model.training.adapt_cache import find_catalog_maps
 
     part = find_catalog_maps(cache, loaded.model, [p.path for p in gallery_photos]) if cache else None
     if part is not None:

@@ -18,7 +18,7 @@ from model import LoadedModel
 from model.batch_size import AUTO, describe_batch_size, resolve_batch_size
 from model.inference import InferencePlan, embed_batch, plan_inference, prepare_model
 from model.config import Preprocessing
-from model.cpu_runtime import yield_cpu_to_others
+from model.cpu_runtime import DECODE_PRIORITY_CHOICES, worker_yielding_to_model
 from model.device_decode import decodable_on_device, decode_jpegs, transform_decoded
 from model.preprocessing import ImageDecodeError, build_transform, load_input_image
 
@@ -26,7 +26,6 @@ from model.preprocessing import ImageDecodeError, build_transform, load_input_im
 log = logging.getLogger("snap2shop.indexer")
 
 JPEG_DECODE_CHOICES = ("workers", "device")
-DECODE_PRIORITY_CHOICES = ("auto", "idle", "normal")
 
 
 class PhotoDataset(Dataset):
@@ -119,10 +118,6 @@ class EncodeResult:
                    batch_size=batch_size)
 
 
-def _decoder_yielding_to_model(_worker_id: int) -> None:
-    yield_cpu_to_others()
-
-
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
@@ -162,7 +157,7 @@ def encode_paths(paths: Sequence[Path], loaded: LoadedModel, batch_size: int | s
         PhotoDataset(paths, prep, raw_jpegs=jpeg_decode == "device"), batch_size=used_batch, shuffle=False,
         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers else None,
-        worker_init_fn=_decoder_yielding_to_model if idle_decoders else None,
+        worker_init_fn=worker_yielding_to_model if idle_decoders else None,
     )
     chunks, order, digests, failures = [], [], [], []
     decode_s = forward_s = device_decode_s = 0.0

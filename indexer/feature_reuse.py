@@ -37,7 +37,7 @@ def feature_cache_for(loaded: LoadedModel, features: str) -> Path | None:
 
 def encode_from_cached_maps(paths: Sequence[Path], loaded: LoadedModel, cache_root: Path) -> EncodeResult | None:
     """The catalogue's embeddings from cached maps, or None (logged) when the cache cannot stand in."""
-    from model.training.adapt import find_catalog_maps
+    from model.training.adapt_cache import find_catalog_maps
 
     started = time.perf_counter()
     part = find_catalog_maps(cache_root, loaded.model, [Path(p) for p in paths])

@@ -111,6 +111,7 @@ def _add_adapt_parser(verbs) -> None:
     from .training.adapt import HEADS, AdaptConfig
     from .batch_size import batch_size_arg
     from .config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT
+    from .cpu_runtime import DECODE_PRIORITY_CHOICES
 
     defaults = AdaptConfig(data=Path("."), format="catalog", out=Path("x.safetensors"))
     adapt = verbs.add_parser("adapt", help="fit a head on the frozen backbone's cached features (CPU minutes)")
@@ -137,6 +138,10 @@ def _add_adapt_parser(verbs) -> None:
                        help="feature cache folder (default ~/.cache/snap2shop/adapt); a killed run resumes from it")
     adapt.add_argument("--batch-size", type=batch_size_arg, default=defaults.batch_size,
                        help="photos per backbone pass, or auto (default): 16 on the CPU, 64 on a GPU")
+    adapt.add_argument("--decode-priority", choices=DECODE_PRIORITY_CHOICES, default=defaults.decode_priority,
+                       help="idle: the decoding and synthesising processes run only on CPU time the model leaves "
+                            "(faster on an idle machine, starved while another job keeps the cores busy); normal: as "
+                            "any process; auto (default): idle if the cores were mostly idle over the last minute")
     adapt.add_argument("--dim", type=_positive, default=defaults.dim, help="embedding dims after whitening")
     adapt.add_argument("--head", choices=HEADS, default=defaults.head,
                        help="whiten, residual (whitening + per-side InfoNCE heads) or auto: the better on held-out items")
@@ -171,7 +176,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         view_size=args.view_size, views=args.views, box_views=args.box_views,
         view_styles=tuple(v for v in args.view_styles.split(",") if v),
         cache=args.cache, device=args.device, batch_size=args.batch_size,
-        workers=args.workers, dim=args.dim, head=args.head, foreground=args.foreground,
+        workers=args.workers, decode_priority=args.decode_priority, dim=args.dim, head=args.head,
+        foreground=args.foreground,
         locate=args.locate and args.foreground, context_widen=args.context_widen,
         frame_weight=args.frame_weight, shard_rows=args.shard_rows,
         seed=args.seed,

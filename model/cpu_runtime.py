@@ -75,6 +75,24 @@ def yield_cpu_to_others() -> bool:
     return True
 
 
+DECODE_PRIORITY_CHOICES = ("auto", "idle", "normal")  # of the processes that decode beside a model
+
+
+def worker_yielding_to_model(_worker_id: int) -> None:
+    """A DataLoader's worker_init_fn: the worker runs on the CPU time the model leaves."""
+    yield_cpu_to_others()
+
+
+def cores_mostly_idle() -> bool:
+    """Whether the last minute left over half the cores idle (its load average): no other job that
+    workers yielding to the model (yield_cpu_to_others) would starve behind. False where unknown."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load < (os.cpu_count() or 1) / 2
+
+
 def single_threaded_torch() -> int:
     """Run torch single-threaded in this thread and in every thread that starts torch work from now
     on; returns the thread count torch had, for the one thread that should keep it.

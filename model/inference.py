@@ -1,8 +1,12 @@
 """How the embedder runs on a device: one definition for the indexer, the service and evaluation;
 and PhotoEncoder, the runtime that turns a shopper's uploaded bytes into query vectors.
 
-On a GPU: bf16 autocast and channels_last memory layout (tensor cores want both). On the CPU:
-fp32 by default; bf16 can be forced, which is also how the tests exercise the GPU code path.
+The channels_last memory layout everywhere: tensor cores want it, and so do the CPU's oneDNN
+convolutions (2-core CPU, glibc malloc kept as model/cpu_runtime keeps it, medians of 5:
+efficientnet-lite0 at 224 px in batches of 16, 17.6 -> 14.5 ms a photo; one 384 px query 51.0 -> 45.5
+ms; resnet50 79.1 -> 65.3 ms a photo; a training step of lite0 on 16 photos 1,091 -> 674 ms).
+bf16 autocast on a GPU; on the CPU fp32 by default, and bf16 can be forced, which is also how the
+tests exercise the GPU code path.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def plan_inference(device: torch.device, precision: str = "auto", compile_backen
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     on_gpu = device.type == "cuda"
     return InferencePlan(device=device, bf16=precision == "bf16" or (precision == "auto" and on_gpu),
-                         channels_last=on_gpu, compile_backend=compile_backend)
+                         channels_last=True, compile_backend=compile_backend)
 
 
 def prepare_model(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Module:

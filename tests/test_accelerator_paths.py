@@ -20,7 +20,7 @@ def test_plans_follow_the_device():
     assert (gpu.bf16, gpu.channels_last) == (True, True)
     assert gpu.describe() == {"device": "cuda", "precision": "bf16", "memory_format": "channels_last"}
     cpu = plan_inference(torch.device("cpu"))
-    assert (cpu.bf16, cpu.channels_last) == (False, False)
+    assert (cpu.bf16, cpu.channels_last) == (False, True)  # measured faster on the CPU too
     assert plan_inference(torch.device("cuda"), "fp32").bf16 is False
     assert plan_inference(torch.device("cpu"), "bf16").bf16 is True
     with pytest.raises(ValueError, match="precision"):
@@ -44,9 +44,9 @@ def test_channels_last_gives_the_same_embeddings(tiny_checkpoint):
 
     model = load_model(str(tiny_checkpoint)).model
     images = torch.randn(2, 3, 64, 64)
-    plan = plan_inference(torch.device("cpu"))
+    cl_plan = plan_inference(torch.device("cpu"))
+    plan = replace(cl_plan, channels_last=False)
     plain = embed_batch(prepare_model(model, plan), images, plan)
-    cl_plan = replace(plan, channels_last=True)
     channels_last = embed_batch(prepare_model(model, cl_plan), images, cl_plan)
     assert np.allclose(plain, channels_last, atol=1e-5)
 

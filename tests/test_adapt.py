@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -466,6 +467,7 @@ def test_bad_flags_and_empty_folders_exit_2_with_one_line(tmp_path, shop):
         (["--data", str(shop), "--format", "catalog", "--out", out, "--context-widen", "wide"], "--context-widen"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--frame-weight", "-0.5"], "--frame-weight"),
         (["--data", str(shop), "--format", "catalog", "--out", out, "--frame-weight", "3"], "--frame-weight"),
+        (["--data", str(shop), "--format", "catalog", "--out", out, "--decode-priority", "low"], "--decode-priority"),
     ]
     for args, words in cases:
         result = _run_cli("adapt", *args, "--cache", str(tmp_path / "cache"))
@@ -572,3 +574,35 @@ def test_evaluation_embeds_adapted_queries_as_the_service_does(adapted, shop):
     tensors = torch.stack([build_transform(loaded.config.query_prep)(p) for p in photos])
     expected, _ = embed_query_batch(loaded.model, tensors, plan, photos=photos)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+class _PolicyRows(torch.utils.data.Dataset):
+    """RowDataset's keys, with the scheduling policy of the process that made the row as its 'error'."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.base[index] | {"error": str(os.sched_getscheduler(0))}
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the OS has no SCHED_IDLE policy")
+def test_idle_workers_render_the_rows_on_time_the_model_leaves(shop, tmp_path):
+    from model.inference import plan_inference
+    from model.training.adapt_cache import encode_rows
+    from model.training.adapt_data import RowDataset, catalog_rows
+    from model.training.data import read_data
+
+    photos = read_data("catalog", shop).shop()[:6]
+    from .conftest import TINY_PREP
+
+    rows = _PolicyRows(RowDataset(catalog_rows(photos), TINY_PREP))
+    model, plan = _tiny_model().backbone.eval(), plan_inference(torch.device("cpu"))
+    for idle, policy in ((True, os.SCHED_IDLE), (False, os.SCHED_OTHER)):
+        part = CachePart(tmp_path / str(idle), "catalog", {"idle": idle}, len(rows), 4).open()
+        encode_rows(part, rows, model, plan, 4, 1, False, "rows", idle_workers=idle)
+        assert set(part.read(["error"])["error"]) == {str(policy)}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the process running the model never yields

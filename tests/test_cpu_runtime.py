@@ -113,3 +113,18 @@ def test_a_process_that_yields_runs_idle_and_so_do_its_later_threads():
         return
     assert result == {"yielded": True, "main": os.SCHED_IDLE, "thread": os.SCHED_IDLE}
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own process never changed
+
+
+def test_the_cores_count_as_mostly_idle_only_under_half_their_load(monkeypatch):
+    from model import cpu_runtime
+
+    monkeypatch.setattr(cpu_runtime.os, "cpu_count", lambda: 4)
+    for load, idle in ((0.3, True), (1.9, True), (2.0, False), (7.5, False)):
+        monkeypatch.setattr(cpu_runtime.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert cpu_runtime.cores_mostly_idle() is idle
+
+    def unknown():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(cpu_runtime.os, "getloadavg", unknown)
+    assert cpu_runtime.cores_mostly_idle() is False

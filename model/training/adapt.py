@@ -12,10 +12,8 @@ checkpoint that the indexer and the service load like any other.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,16 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapt_cache import TrunkAndMaps, encode_crops, encode_rows
-from .adapt_data import MASK_BOX_JITTER, MaskBoxCrops, RowDataset, catalog_rows, row_key, view_rows
+from .adapt_cache import TrunkAndMaps, catalog_cache, default_cache_dir, encode_crops, encode_rows, rows_hash
+from .adapt_data import MASK_BOX_JITTER, MaskBoxCrops, RowDataset, catalog_rows, view_rows
 from .adapt_context import held_out_context
 from .adapt_fit import Projection, fit_foreground_on_parts, fit_projection, held_out_items, pool_part
 from ..adapted_head import BOX_RULE, garment_boxes
 from ..backbones import split_backbone
 from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
-from ..config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT, AdapterConfig, EmbedderConfig, Preprocessing
-from .data import Photo, read_data
+from ..cpu_runtime import DECODE_PRIORITY_CHOICES, cores_mostly_idle
+from ..config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT, AdapterConfig, EmbedderConfig
+from .data import read_data
 from ..embedder import Embedder
 from .feature_cache import CachePart, fingerprint_hash, read_parts
 from .tune_tail import TuneConfig, build_pairs, pooled_through_tail, train_tail, write_tail_maps
@@ -41,11 +40,6 @@ from ..inference import plan_inference, prepare_model, resolve_device
 log = logging.getLogger("snap2shop.adapt")
 
 HEADS = ("auto", "whiten", "residual")
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "snap2shop" / "adapt"
 
 
 @dataclass
@@ -72,6 +66,12 @@ class AdaptConfig:
     device: str = "auto"
     batch_size: int | str = AUTO    # or a number: see batch_size.py
     workers: int = 2
+    # The workers that decode and synthesise: "idle" runs them only on CPU time the model leaves
+    # (cpu_runtime.yield_cpu_to_others): 384 views encoded in 0.89 of the wall time of normal ones
+    # (whole process, medians of 4 pairs; OpenMP's threads no longer wait on a worker that holds a
+    # core). "auto" is idle when the cores were mostly idle over the last minute (no other job that
+    # they would starve behind), else normal.
+    decode_priority: str = "auto"
     dim: int = 512
     head: str = "auto"
     foreground: bool = True
@@ -101,6 +101,9 @@ class AdaptConfig:
             raise ValueError(f"--box-views must be from 0 to --views - 1 ({self.views - 1}) and needs the garment "
                              f"crop (no --no-locate), got {self.box_views}")
         parse_batch_size(self.batch_size, "--batch-size")
+        if self.decode_priority not in DECODE_PRIORITY_CHOICES:
+            raise ValueError(f"--decode-priority must be one of {DECODE_PRIORITY_CHOICES}, "
+                             f"got {self.decode_priority!r}")
         if self.workers < 0 or self.dim < 2 or self.shard_rows < 1:
             raise ValueError("--shard-rows must be >= 1, --workers >= 0 and --dim >= 2")
         from ..synthesis import VIEW_STYLES
@@ -108,7 +111,8 @@ class AdaptConfig:
         self.view_styles = tuple(self.view_styles)
         unknown = [s for s in self.view_styles if s not in VIEW_STYLES]
         if unknown or not self.view_styles:
-            raise ValueError(f"--view-styles takes names from {sorted(VIEW_STYLES)}, got {','.join(self.view_styles)!r}")
+            raise ValueError(f"--view-styles takes names from {sorted(VIEW_STYLES)}, "
+                             f"got {','.join(self.view_styles)!r}")
         if self.head not in HEADS:
             raise ValueError(f"--head must be one of {HEADS}, got {self.head!r}")
         if not all(64 <= size <= 1024 for size in (self.query_size, self.view_size, self.input_size or 64)):
@@ -126,34 +130,6 @@ class AdaptConfig:
         TuneConfig(blocks=1, epochs=self.tune_epochs, lr=self.tune_lr)  # its own checks
         if Path(self.out).suffix != ".safetensors":
             raise ValueError(f"--out must name a .safetensors file, got {self.out}")
-
-
-def _rows_hash(rows) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(row_key(row).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _catalog_fingerprint(backbone: str, backbone_sum: str, prep: Preprocessing, rows) -> dict:
-    return {"backbone": backbone, "backbone_sha256": backbone_sum, "prep": prep.to_dict(), "rows": _rows_hash(rows)}
-
-
-def catalog_cache(cache_root: Path, backbone: str, backbone_sum: str, prep: Preprocessing,
-                  shop_photos: list[Photo], shard_rows: int = 256) -> CachePart:
-    """The cache part of these shop photos' feature maps (every split: it is features, not training)."""
-    rows = catalog_rows(shop_photos)
-    fingerprint = _catalog_fingerprint(backbone, backbone_sum, prep, rows)
-    return CachePart(Path(cache_root), "catalog", fingerprint, len(rows), shard_rows).open()
-
-
-def find_catalog_maps(cache_root: Path, model: Embedder, paths: list[Path]) -> CachePart | None:
-    """The complete cached feature maps of exactly these photos (in this order) under this model's
-    backbone and catalogue preprocessing, or None. Nothing is created."""
-    rows = catalog_rows([Photo(Path(p), "", "shop", "train") for p in paths])
-    fingerprint = _catalog_fingerprint(model.config.backbone, weights_checksum(model.backbone),
-                                       model.config.preprocessing, rows)
-    return CachePart.find(Path(cache_root), "catalog", fingerprint, len(rows))
 
 
 def adapt(config: AdaptConfig) -> Path:
@@ -179,7 +155,9 @@ def adapt(config: AdaptConfig) -> Path:
     # From here on the number the passes run at; the report records it.
     batch_size = resolve_batch_size(config.batch_size, plan.device)
     log.info("backbone passes in batches of %s", describe_batch_size(config.batch_size, batch_size, plan.device))
-    config = replace(config, batch_size=batch_size)
+    idle_workers = config.decode_priority == "idle" or (config.decode_priority == "auto" and cores_mostly_idle())
+    log.info("decoding workers: %s priority", "idle" if idle_workers else "normal")
+    config = replace(config, batch_size=batch_size, decode_priority="idle" if idle_workers else "normal")
     backbone = prepare_model(model.backbone, plan)
     tune_blocks = _tune_blocks(config)
     keeping = backbone  # the catalogue's and crops' passes: with the trunk activations when tuning
@@ -194,7 +172,7 @@ def adapt(config: AdaptConfig) -> Path:
     cat_part = catalog_cache(cache_root, config.backbone, backbone_sum, prep, shop_photos, config.shard_rows)
     t0 = time.perf_counter()
     encode_rows(cat_part, RowDataset(cat_rows, prep), keeping, plan, config.batch_size, config.workers,
-                config.progress, "catalogue", _trunk_part(cat_part, tune_blocks))
+                config.progress, "catalogue", _trunk_part(cat_part, tune_blocks), idle_workers)
     timings["catalog_s"] = time.perf_counter() - t0
 
     synthesizers = [None]
@@ -212,27 +190,27 @@ def adapt(config: AdaptConfig) -> Path:
     t0 = time.perf_counter()
     for n, (rows, synthesizer) in enumerate(zip(view_sets[:located_sets], synthesizers)):
         synth_desc = asdict(synthesizer.config) if synthesizer else None
-        fingerprint = base | {"prep": view_prep.to_dict(), "rows": _rows_hash(rows), "synth": synth_desc}
+        fingerprint = base | {"prep": view_prep.to_dict(), "rows": rows_hash(rows), "synth": synth_desc}
         part = CachePart(cache_root, "views", fingerprint, len(rows), config.shard_rows).open()
         # Without the garment crop the views themselves are the queries: their pass keeps the trunk.
         view_trunk = None if config.locate else _trunk_part(part, tune_blocks)
         encode_rows(part, RowDataset(rows, view_prep, synthesizer, keep_frame=True),
                     backbone if view_trunk is None else keeping, plan, config.batch_size, config.workers,
                     config.progress, f"shopper views {n + 1}/{len(view_sets)}" if synthesised else "shopper photos",
-                    view_trunk)
+                    view_trunk, idle_workers)
         view_parts.append(part)
     timings["views_s"] = time.perf_counter() - t0
     box_parts = []
     t0 = time.perf_counter()
     for n in range(located_sets, len(view_sets)):
         rows, synthesizer = view_sets[n], synthesizers[n]
-        fingerprint = base | {"prep": prep.to_dict(), "frame_size": config.query_size, "rows": _rows_hash(rows),
+        fingerprint = base | {"prep": prep.to_dict(), "frame_size": config.query_size, "rows": rows_hash(rows),
                               "synth": asdict(synthesizer.config), "box_rule": BOX_RULE, "margin": config.crop_margin,
                               "jitter": list(MASK_BOX_JITTER)}
         part = CachePart(cache_root, "boxcrops", fingerprint, len(rows), config.shard_rows).open()
         encode_rows(part, MaskBoxCrops(rows, prep, synthesizer, config.query_size, config.crop_margin, MASK_BOX_JITTER),
                     keeping, plan, config.batch_size, config.workers, config.progress,
-                    f"mask-box views {n + 1}/{len(view_sets)}", _trunk_part(part, tune_blocks))
+                    f"mask-box views {n + 1}/{len(view_sets)}", _trunk_part(part, tune_blocks), idle_workers)
         box_parts.append(part)
     if box_parts:
         timings["box_views_s"] = time.perf_counter() - t0
@@ -291,12 +269,14 @@ def adapt(config: AdaptConfig) -> Path:
         held = held_out_items(len(c_items), seed=config.seed)  # those fit_projection chooses the head on
         cat_trunk = _trunk_part(cat_part, tune_blocks)
         q_trunks = [_trunk_part(part, tune_blocks) for part in query_parts]
-        pairs, use = build_pairs(cat_trunk, q_trunks, query_parts, cat_part, foreground, c_rows, c_items, v_items, q_ok, held)
+        pairs, use = build_pairs(cat_trunk, q_trunks, query_parts, cat_part, foreground, c_rows, c_items, v_items,
+                                 q_ok, held)
         init = fit_projection(q_pooled[use], v_items[use], cat_pooled[c_rows[~held]], c_items[~held], config.dim,
                               "whiten", seed=config.seed).whitening
         tune_config = TuneConfig(blocks=tune_blocks, epochs=config.tune_epochs, lr=config.tune_lr, seed=config.seed)
         state_key = {"catalog": cat_part.dir.name, "queries": [part.dir.name for part in query_parts],
-                     "foreground": weights_checksum(foreground) if foreground else None, "items": fingerprint_hash(list(c_items[~held])),
+                     "foreground": weights_checksum(foreground) if foreground else None,
+                     "items": fingerprint_hash(list(c_items[~held])),
                      "dim": config.dim, "tune": asdict(tune_config)}
         t0 = time.perf_counter()
         tuning = train_tail(tail, pairs, init, tune_config, adapter.gem_p, plan.device,
@@ -344,6 +324,7 @@ def adapt(config: AdaptConfig) -> Path:
     timings["total_s"] = time.perf_counter() - started
     report = {"data": str(config.data), "format": config.format, "split_csv": str(config.split_csv or ""),
               "cache": str(cache_root.resolve()), "batch_size": config.batch_size,
+              "decode_priority": config.decode_priority,
               "catalog_photos": len(cat_rows), "train_items": len(c_items), "views": len(v_rows),
               "views_per_item": config.views if synthesised else None,
               "box_views": config.box_views if synthesised else None,
@@ -393,4 +374,4 @@ def _assemble(config: EmbedderConfig, source: Embedder, foreground, projection) 
     return model.eval()
 
 
-__all__ = ["AdaptConfig", "adapt", "catalog_cache", "default_cache_dir", "find_catalog_maps"]
+__all__ = ["AdaptConfig", "adapt"]

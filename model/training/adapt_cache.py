@@ -12,7 +12,10 @@ which is what tuning the backbone's last blocks trains on (tune_tail.py) without
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,9 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .adapt_data import frames_to_tensor
+from .adapt_data import catalog_rows, frames_to_tensor, row_key
 from ..adapted_head import crop_boxes
+from ..checkpoint import weights_checksum
 from ..config import Preprocessing
+from ..cpu_runtime import worker_yielding_to_model
+from .data import Photo
+from ..embedder import Embedder
 from .feature_cache import CachePart
 from ..inference import InferencePlan, inference_context, on_device
 
@@ -70,8 +77,11 @@ def _write(part: CachePart, trunk_part: CachePart | None, shard: int, rows: dict
 
 
 def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, plan: InferencePlan,
-                batch_size: int, workers: int, progress: bool, desc: str, trunk_part: CachePart | None = None) -> None:
-    """Fill the part's missing shards with the backbone's maps of `dataset`'s rows."""
+                batch_size: int, workers: int, progress: bool, desc: str, trunk_part: CachePart | None = None,
+                idle_workers: bool = False) -> None:
+    """Fill the part's missing shards with the backbone's maps of `dataset`'s rows.
+
+    `idle_workers`: the DataLoader's workers run only on CPU time the model leaves (cpu_runtime)."""
     from tqdm import tqdm
 
     missing = _missing(part, trunk_part)
@@ -82,7 +92,8 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
     log.info("%s: %d of %d rows to encode (cache %s)", desc, len(indices), part.rows, part.dir)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=plan.device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+                        persistent_workers=False, prefetch_factor=4 if workers else None,
+                        worker_init_fn=worker_yielding_to_model if idle_workers else None)
     pending: dict[str, list] = {}
     shard_iter = iter(missing)
     shard = next(shard_iter)
@@ -138,3 +149,37 @@ def encode_crops(part: CachePart, views: CachePart, locate: Callable[[torch.Tens
                 bar.update(len(images))
             _write(part, trunk_part, shard, {key: np.concatenate([o[key] for o in outs]) for key in outs[0]}
                    | {"boxes": np.concatenate(boxes_out)})
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "snap2shop" / "adapt"
+
+
+def rows_hash(rows) -> str:
+    """What identifies a list of rows in a cache fingerprint."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(row_key(row).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _catalog_fingerprint(backbone: str, backbone_sum: str, prep: Preprocessing, rows) -> dict:
+    return {"backbone": backbone, "backbone_sha256": backbone_sum, "prep": prep.to_dict(), "rows": rows_hash(rows)}
+
+
+def catalog_cache(cache_root: Path, backbone: str, backbone_sum: str, prep: Preprocessing,
+                  shop_photos: list[Photo], shard_rows: int = 256) -> CachePart:
+    """The cache part of these shop photos' feature maps (every split: it is features, not training)."""
+    rows = catalog_rows(shop_photos)
+    fingerprint = _catalog_fingerprint(backbone, backbone_sum, prep, rows)
+    return CachePart(Path(cache_root), "catalog", fingerprint, len(rows), shard_rows).open()
+
+
+def find_catalog_maps(cache_root: Path, model: Embedder, paths: list[Path]) -> CachePart | None:
+    """The complete cached feature maps of exactly these photos (in this order) under this model's
+    backbone and catalogue preprocessing, or None. Nothing is created."""
+    rows = catalog_rows([Photo(Path(p), "", "shop", "train") for p in paths])
+    fingerprint = _catalog_fingerprint(model.config.backbone, weights_checksum(model.backbone),
+                                       model.config.preprocessing, rows)
+    return CachePart.find(Path(cache_root), "catalog", fingerprint, len(rows))
