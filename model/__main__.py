@@ -141,7 +141,7 @@ def _add_adapt_parser(verbs) -> None:
     adapt.add_argument("--decode-priority", choices=DECODE_PRIORITY_CHOICES, default=defaults.decode_priority,
                        help="idle: the decoding and synthesising processes run only on CPU time the model leaves "
                             "(faster on an idle machine, starved while another job keeps the cores busy); normal: as "
-                            "any process; auto (default): idle if the cores were mostly idle over the last minute")
+                            "any process; auto (default): idle while other processes leave over half the cores idle")
     adapt.add_argument("--dim", type=_positive, default=defaults.dim, help="embedding dims after whitening")
     adapt.add_argument("--head", choices=HEADS, default=defaults.head,
                        help="whiten, residual (whitening + per-side InfoNCE heads) or auto: the better on held-out items")

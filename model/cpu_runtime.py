@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import time
 
 import torch
 
@@ -83,14 +84,31 @@ def worker_yielding_to_model(_worker_id: int) -> None:
     yield_cpu_to_others()
 
 
-def cores_mostly_idle() -> bool:
-    """Whether the last minute left over half the cores idle (its load average): no other job that
-    workers yielding to the model (yield_cpu_to_others) would starve behind. False where unknown."""
+def _cpu_sample() -> tuple[float, float, float]:
+    """(seconds of CPU every core has run anything but idle, since boot; this process's CPU seconds; now)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:8]]  # user nice system idle iowait irq softirq
+    busy = sum(ticks) - ticks[3] - ticks[4]  # a VM's stolen time is not this machine's processes
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time(), time.monotonic()
+
+
+def others_busy_share(window: float = 1.0) -> float | None:
+    """The share of the cores that other processes keep busy, over the next `window` seconds (this
+    process's own CPU time taken out). None where the kernel does not say (no /proc/stat)."""
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return False
-    return load < (os.cpu_count() or 1) / 2
+        busy0, own0, t0 = _cpu_sample()
+        time.sleep(window)
+        busy1, own1, t1 = _cpu_sample()
+    except (OSError, ValueError):
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (max(t1 - t0, 1e-6) * (os.cpu_count() or 1))
+
+
+def cores_mostly_idle() -> bool:
+    """Whether other processes leave over half the cores idle now: no job that workers yielding to the
+    model (yield_cpu_to_others) would starve behind. False where unknown."""
+    share = others_busy_share()
+    return share is not None and share < 0.5
 
 
 def single_threaded_torch() -> int:

@@ -601,8 +601,8 @@ def test_idle_workers_render_the_rows_on_time_the_model_leaves(shop, tmp_path):
 
     rows = _PolicyRows(RowDataset(catalog_rows(photos), TINY_PREP))
     model, plan = _tiny_model().backbone.eval(), plan_inference(torch.device("cpu"))
-    for idle, policy in ((True, os.SCHED_IDLE), (False, os.SCHED_OTHER)):
-        part = CachePart(tmp_path / str(idle), "catalog", {"idle": idle}, len(rows), 4).open()
-        encode_rows(part, rows, model, plan, 4, 1, False, "rows", idle_workers=idle)
+    for priority, policy in (("idle", os.SCHED_IDLE), ("normal", os.SCHED_OTHER)):
+        part = CachePart(tmp_path / priority, "catalog", {"priority": priority}, len(rows), 4).open()
+        encode_rows(part, rows, model, plan, 4, 1, False, "rows", decode_priority=priority)
         assert set(part.read(["error"])["error"]) == {str(policy)}
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the process running the model never yields

@@ -7,7 +7,10 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,16 +118,34 @@ def test_a_process_that_yields_runs_idle_and_so_do_its_later_threads():
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the test's own process never changed
 
 
-def test_the_cores_count_as_mostly_idle_only_under_half_their_load(monkeypatch):
+def test_the_busy_share_of_other_processes_leaves_this_ones_own_cpu_out(monkeypatch):
     from model import cpu_runtime
 
     monkeypatch.setattr(cpu_runtime.os, "cpu_count", lambda: 4)
-    for load, idle in ((0.3, True), (1.9, True), (2.0, False), (7.5, False)):
-        monkeypatch.setattr(cpu_runtime.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+    monkeypatch.setattr(cpu_runtime.time, "sleep", lambda seconds: None)
+    # (CPU seconds of all cores, this process's CPU seconds, wall clock): 2.4 s busy in 1 s, 0.4 s of it ours
+    samples = iter([(100.0, 5.0, 10.0), (102.4, 5.4, 11.0)])
+    monkeypatch.setattr(cpu_runtime, "_cpu_sample", lambda: next(samples))
+    assert cpu_runtime.others_busy_share() == pytest.approx(0.5)
+    for others, idle in ((0.3, True), (1.9, True), (2.0, False), (3.9, False)):
+        samples = iter([(0.0, 0.0, 0.0), (others + 0.7, 0.7, 1.0)])
         assert cpu_runtime.cores_mostly_idle() is idle
 
-    def unknown():
-        raise OSError("no load average here")
+    def unreadable():
+        raise OSError("no /proc/stat here")
 
-    monkeypatch.setattr(cpu_runtime.os, "getloadavg", unknown)
-    assert cpu_runtime.cores_mostly_idle() is False
+    monkeypatch.setattr(cpu_runtime, "_cpu_sample", unreadable)
+    assert cpu_runtime.others_busy_share() is None and cpu_runtime.cores_mostly_idle() is False
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat")
+def test_the_machines_busy_time_is_read_in_the_seconds_of_this_processs_own():
+    from model.cpu_runtime import _cpu_sample
+
+    busy0, own0, t0 = _cpu_sample()
+    while time.process_time() - own0 < 0.4:
+        sum(range(1000))
+    busy1, own1, t1 = _cpu_sample()
+    own, wall = own1 - own0, t1 - t0
+    # This process's spinning is part of the machine's busy time, which cannot exceed every core's wall time.
+    assert 0.8 * own <= busy1 - busy0 <= (os.cpu_count() or 1) * wall + 0.05

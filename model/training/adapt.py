@@ -29,7 +29,7 @@ from ..adapted_head import BOX_RULE, garment_boxes
 from ..backbones import split_backbone
 from ..batch_size import AUTO, describe_batch_size, parse_batch_size, resolve_batch_size
 from ..checkpoint import build_from_backbone, save_checkpoint, weights_checksum
-from ..cpu_runtime import DECODE_PRIORITY_CHOICES, cores_mostly_idle
+from ..cpu_runtime import DECODE_PRIORITY_CHOICES
 from ..config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT, AdapterConfig, EmbedderConfig
 from .data import read_data
 from ..embedder import Embedder
@@ -69,8 +69,8 @@ class AdaptConfig:
     # The workers that decode and synthesise: "idle" runs them only on CPU time the model leaves
     # (cpu_runtime.yield_cpu_to_others): 384 views encoded in 0.89 of the wall time of normal ones
     # (whole process, medians of 4 pairs; OpenMP's threads no longer wait on a worker that holds a
-    # core). "auto" is idle when the cores were mostly idle over the last minute (no other job that
-    # they would starve behind), else normal.
+    # core). "auto" is idle when other processes leave over half the cores idle as a pass starts (no
+    # job that they would starve behind), else normal.
     decode_priority: str = "auto"
     dim: int = 512
     head: str = "auto"
@@ -155,9 +155,7 @@ def adapt(config: AdaptConfig) -> Path:
     # From here on the number the passes run at; the report records it.
     batch_size = resolve_batch_size(config.batch_size, plan.device)
     log.info("backbone passes in batches of %s", describe_batch_size(config.batch_size, batch_size, plan.device))
-    idle_workers = config.decode_priority == "idle" or (config.decode_priority == "auto" and cores_mostly_idle())
-    log.info("decoding workers: %s priority", "idle" if idle_workers else "normal")
-    config = replace(config, batch_size=batch_size, decode_priority="idle" if idle_workers else "normal")
+    config = replace(config, batch_size=batch_size)
     backbone = prepare_model(model.backbone, plan)
     tune_blocks = _tune_blocks(config)
     keeping = backbone  # the catalogue's and crops' passes: with the trunk activations when tuning
@@ -172,7 +170,7 @@ def adapt(config: AdaptConfig) -> Path:
     cat_part = catalog_cache(cache_root, config.backbone, backbone_sum, prep, shop_photos, config.shard_rows)
     t0 = time.perf_counter()
     encode_rows(cat_part, RowDataset(cat_rows, prep), keeping, plan, config.batch_size, config.workers,
-                config.progress, "catalogue", _trunk_part(cat_part, tune_blocks), idle_workers)
+                config.progress, "catalogue", _trunk_part(cat_part, tune_blocks), config.decode_priority)
     timings["catalog_s"] = time.perf_counter() - t0
 
     synthesizers = [None]
@@ -197,7 +195,7 @@ def adapt(config: AdaptConfig) -> Path:
         encode_rows(part, RowDataset(rows, view_prep, synthesizer, keep_frame=True),
                     backbone if view_trunk is None else keeping, plan, config.batch_size, config.workers,
                     config.progress, f"shopper views {n + 1}/{len(view_sets)}" if synthesised else "shopper photos",
-                    view_trunk, idle_workers)
+                    view_trunk, config.decode_priority)
         view_parts.append(part)
     timings["views_s"] = time.perf_counter() - t0
     box_parts = []
@@ -210,7 +208,7 @@ def adapt(config: AdaptConfig) -> Path:
         part = CachePart(cache_root, "boxcrops", fingerprint, len(rows), config.shard_rows).open()
         encode_rows(part, MaskBoxCrops(rows, prep, synthesizer, config.query_size, config.crop_margin, MASK_BOX_JITTER),
                     keeping, plan, config.batch_size, config.workers, config.progress,
-                    f"mask-box views {n + 1}/{len(view_sets)}", _trunk_part(part, tune_blocks), idle_workers)
+                    f"mask-box views {n + 1}/{len(view_sets)}", _trunk_part(part, tune_blocks), config.decode_priority)
         box_parts.append(part)
     if box_parts:
         timings["box_views_s"] = time.perf_counter() - t0

@@ -27,7 +27,7 @@ from .adapt_data import catalog_rows, frames_to_tensor, row_key
 from ..adapted_head import crop_boxes
 from ..checkpoint import weights_checksum
 from ..config import Preprocessing
-from ..cpu_runtime import worker_yielding_to_model
+from ..cpu_runtime import cores_mostly_idle, worker_yielding_to_model
 from .data import Photo
 from ..embedder import Embedder
 from .feature_cache import CachePart
@@ -78,10 +78,12 @@ def _write(part: CachePart, trunk_part: CachePart | None, shard: int, rows: dict
 
 def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, plan: InferencePlan,
                 batch_size: int, workers: int, progress: bool, desc: str, trunk_part: CachePart | None = None,
-                idle_workers: bool = False) -> None:
+                decode_priority: str = "normal") -> None:
     """Fill the part's missing shards with the backbone's maps of `dataset`'s rows.
 
-    `idle_workers`: the DataLoader's workers run only on CPU time the model leaves (cpu_runtime)."""
+    `decode_priority`: "idle" runs the DataLoader's workers only on CPU time the model leaves
+    (cpu_runtime.yield_cpu_to_others); "auto" does so if other processes leave over half the cores
+    idle when the pass starts; "normal" as any process."""
     from tqdm import tqdm
 
     missing = _missing(part, trunk_part)
@@ -89,7 +91,9 @@ def encode_rows(part: CachePart, dataset: Dataset, backbone: torch.nn.Module, pl
         log.info("%s: all %d rows cached in %s", desc, part.rows, part.dir)
         return
     indices = [i for shard in missing for i in part.shard_rows(shard)]
-    log.info("%s: %d of %d rows to encode (cache %s)", desc, len(indices), part.rows, part.dir)
+    idle_workers = workers > 0 and (decode_priority == "idle" or (decode_priority == "auto" and cores_mostly_idle()))
+    log.info("%s: %d of %d rows to encode (cache %s; workers at %s priority)", desc, len(indices), part.rows,
+             part.dir, "idle" if idle_workers else "normal")
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=plan.device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if workers else None,
