@@ -108,7 +108,7 @@ def _within(low: float, high: float):
 
 
 def _add_adapt_parser(verbs) -> None:
-    from .training.adapt import HEADS, AdaptConfig
+    from .training.adapt import HEADS, LITE_TUNE_BLOCKS, AdaptConfig
     from .batch_size import batch_size_arg
     from .config import MAX_CONTEXT_WIDEN, MAX_FRAME_WEIGHT
     from .cpu_runtime import DECODE_PRIORITY_CHOICES
@@ -157,7 +157,7 @@ def _add_adapt_parser(verbs) -> None:
                             "kept only if held-out items do not lose (default %(default)s; 0: off)")
     adapt.add_argument("--tune-blocks", type=_count, default=None,
                        help="backbone blocks to tune on the cached trunk activations; 0: a frozen backbone "
-                            "(default: 1 for efficientnet-lite, 0 for the others)")
+                            f"(default: {LITE_TUNE_BLOCKS} for efficientnet-lite, 0 for the others)")
     adapt.add_argument("--tune-epochs", type=_positive, default=defaults.tune_epochs,
                        help="epochs of that tuning (default %(default)s)")
     adapt.add_argument("--tune-lr", type=_fraction, default=defaults.tune_lr,

@@ -387,7 +387,7 @@ def test_index_and_service_use_the_adapted_sides(adapted, shop, tmp_path):
 
 # --- bad input ----------------------------------------------------------------------------------
 
-# --- tuning the backbone's last block ---------------------------------------------------------------
+# --- tuning the backbone's last blocks --------------------------------------------------------------
 
 def _imagenet_backbone() -> dict[str, torch.Tensor]:
     from model.checkpoint import build_from_backbone
@@ -396,10 +396,15 @@ def _imagenet_backbone() -> dict[str, torch.Tensor]:
 
 
 def _tail_key(key: str) -> bool:
-    return key.startswith(("net._blocks.15.", "net._conv_head.", "net._bn1."))
+    """A parameter of the tuned tail by default: efficientnet-lite0's last LITE_TUNE_BLOCKS of its 16 blocks
+    and the conv head above them."""
+    from model.training.adapt import LITE_TUNE_BLOCKS
+
+    tuned = tuple(f"net._blocks.{b}." for b in range(16 - LITE_TUNE_BLOCKS, 16))
+    return key.startswith((*tuned, "net._conv_head.", "net._bn1."))
 
 
-def test_tuning_trains_only_the_last_block_and_its_maps_are_cached_for_indexing(adapted):
+def test_tuning_trains_only_the_last_blocks_and_their_maps_are_cached_for_indexing(adapted):
     from model import load_model
     from model.checkpoint import weights_checksum
 
@@ -412,6 +417,9 @@ def test_tuning_trains_only_the_last_block_and_its_maps_are_cached_for_indexing(
     tuned, imagenet = load_model(str(adapted)).model.backbone.state_dict(), _imagenet_backbone()
     changed = {k for k, v in imagenet.items() if not torch.equal(tuned[k], v)}
     assert changed and all(_tail_key(k) for k in changed)
+    from model.training.adapt import LITE_TUNE_BLOCKS
+
+    assert any(k.startswith(f"net._blocks.{16 - LITE_TUNE_BLOCKS}.") for k in changed)  # the first tuned block too
     assert not any("running_" in k for k in changed)  # BatchNorm statistics stay frozen
     cache = adapted.parent / "cache"
     assert len(list(cache.glob("trunk-*"))) == 3 and len(list(cache.glob("tune-*.pt"))) == 1  # catalogue, 2 crop sets
