@@ -94,11 +94,14 @@ def crowd_view(others):
         rgb = img.convert("RGB")
         white = Image.fromarray(np.where(np.asarray(rgb, np.uint8).min(2) > 246, 255, 0).astype(np.uint8)).copy()
         w, h = white.size
-        for xy in [(x, y) for x in range(0, w, 4) for y in (0, h - 1)] + [(x, y) for y in range(0, h, 4) for x in (0, w - 1)]:
+        border = [(x, y) for x in range(0, w, 4) for y in (0, h - 1)]
+        border += [(x, y) for y in range(0, h, 4) for x in (0, w - 1)]
+        for xy in border:
             if white.getpixel(xy) == 255:
                 ImageDraw.floodfill(white, xy, 128)
         alpha = Image.fromarray(np.where(np.asarray(white) == 128, 0, 255).astype(np.uint8))
-        alpha = alpha.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.GaussianBlur(1))
+        for step in (ImageFilter.MinFilter(3), ImageFilter.MaxFilter(3), ImageFilter.GaussianBlur(1)):
+            alpha = alpha.filter(step)
         return Image.merge("RGBA", (*rgb.split(), alpha))
 
     def place(canvas, layer, height, cx, bottom, angle):
@@ -113,7 +116,8 @@ def crowd_view(others):
         backdrop = load_image(rng.choice(others)).convert("RGB")
         f = rng.uniform(0.3, 0.6)
         x0, y0 = rng.uniform(0, 1 - f) * backdrop.width, rng.uniform(0, 1 - f) * backdrop.height
-        backdrop = backdrop.resize((W, H), Image.BILINEAR, box=(x0, y0, x0 + f * backdrop.width, y0 + f * backdrop.height))
+        box = (x0, y0, x0 + f * backdrop.width, y0 + f * backdrop.height)
+        backdrop = backdrop.resize((W, H), Image.BILINEAR, box=box)
         light = np.array([rng.uniform(0.35, 0.95) for _ in range(3)], np.float32)
         canvas = Image.fromarray((np.asarray(backdrop.filter(ImageFilter.GaussianBlur(rng.uniform(4, 10))), np.float32)
                                   * light).astype(np.uint8)).convert("RGBA")
