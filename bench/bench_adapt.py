@@ -92,6 +92,7 @@ def crowd_view(others):
         """RGBA: alpha is off where near-white pixels reach the photo's border (a white garment stays), opened
         and feathered."""
         rgb = img.convert("RGB")
+        # copy(): an image made by fromarray shares the array's memory, which floodfill leaves unchanged
         white = Image.fromarray(np.where(np.asarray(rgb, np.uint8).min(2) > 246, 255, 0).astype(np.uint8)).copy()
         w, h = white.size
         border = [(x, y) for x in range(0, w, 4) for y in (0, h - 1)]
@@ -168,6 +169,9 @@ def recipe(name: str, others=()):
     if name == "street":
         return street_view
     if name == "crowd":
+        if not others:
+            raise SystemExit("the crowd recipe needs test items beyond --queries for its crowd: "
+                             "ask for fewer queries than there are test items")
         return crowd_view(others)
     if name == "motion":
         return motion_view(ConsumerViewSynthesizer(ConsumerViewConfig(
