@@ -14,6 +14,9 @@ since 2026-12-07) lift the shipped query side's held-out top-1 from 0.712 (one) 
 on each of bench_adapt's six recipes; lr 1e-4 diverged in the second epoch. Refreshing
 the memory bank 4 times an epoch (`bank_refreshes`) left the held-out top-1 where it was (0.680
 against 0.680) for twice the tuning time, so the bank is refreshed once an epoch.
+The loss rises every epoch because the bank goes stale within one (bench_tune_negatives.py), yet
+only-consistent negatives (the batch's own, or a frozen catalogue side scored exactly) found
+held-out items worse (0.675 against 0.680 with one block, 0.707-0.721 against 0.727 with four).
 """
 from __future__ import annotations
 
@@ -102,6 +105,16 @@ def build_pairs(cat_trunk: CachePart, q_trunks: list[CachePart], query_parts: li
     return pairs, use
 
 
+def whitening_sides(init: Whitening) -> torch.nn.ModuleDict:
+    """One linear projection per side (SIDES), each starting as the frozen features' whitening."""
+    width, dim = init.projection.shape[1], init.projection.shape[0]
+    sides = torch.nn.ModuleDict({s: torch.nn.Linear(width, dim, bias=False) for s in SIDES})
+    with torch.no_grad():
+        for layer in sides.values():
+            layer.weight.copy_(torch.from_numpy(init.projection.astype(np.float32)))
+    return sides
+
+
 def train_tail(tail: torch.nn.Module, pairs: TunePairs, init: Whitening, config: TuneConfig, gem_p: float,
                device: torch.device, state_path: Path | None = None, progress: bool = True) -> dict:
     """Train `tail` in place; after each epoch its state goes to `state_path`, where a killed run resumes."""
@@ -110,11 +123,7 @@ def train_tail(tail: torch.nn.Module, pairs: TunePairs, init: Whitening, config:
     torch.manual_seed(config.seed)
     tail.to(device)
     mean = torch.from_numpy(init.mean.astype(np.float32)).to(device)
-    width, dim = init.projection.shape[1], init.projection.shape[0]
-    sides = torch.nn.ModuleDict({s: torch.nn.Linear(width, dim, bias=False) for s in SIDES}).to(device)
-    with torch.no_grad():
-        for layer in sides.values():
-            layer.weight.copy_(torch.from_numpy(init.projection.astype(np.float32)))
+    sides = whitening_sides(init).to(device)
     opt = torch.optim.AdamW([*tail.parameters(), *sides.parameters()], lr=config.lr,
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(pairs.q_index) / config.batch_size)
@@ -215,4 +224,4 @@ def write_tail_maps(source: CachePart, source_trunk: CachePart, target: CachePar
 
 
 __all__ = ["TuneConfig", "TunePairs", "build_pairs", "foreground_weights", "pooled_through_tail", "tail_maps",
-           "train_tail", "write_tail_maps"]
+           "train_tail", "whitening_sides", "write_tail_maps"]
