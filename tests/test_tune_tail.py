@@ -12,7 +12,7 @@ import torch
 
 from model.backbones import get_backbone, split_backbone
 from model.training.adapt_fit import pool, top1
-from model.training.tune_tail import TuneConfig, TunePairs, tail_maps, train_tail
+from model.training.tune_tail import TuneConfig, TunePairs, tail_maps, train_tail, whitening_sides
 from model.training.whitening import fit_whitening
 
 
@@ -99,6 +99,22 @@ def test_tuning_the_tail_finds_what_the_frozen_features_confuse(refreshes):
     for key in ("1.running_mean", "1.running_var"):
         torch.testing.assert_close(tail.state_dict()[key], frozen[key])
     assert not torch.equal(tail.state_dict()["0.weight"], frozen["0.weight"])
+
+
+def test_both_sides_start_as_the_whitening_and_train_apart():
+    catalog, q, index = _toy()
+    whitening = _init(_tail(), catalog, q, index)
+    sides = whitening_sides(whitening)
+    x = np.random.default_rng(3).random((5, whitening.projection.shape[1])).astype(np.float32)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for side in sides.values():
+        with torch.no_grad():
+            got = torch.nn.functional.normalize(side(torch.from_numpy(unit - whitening.mean.astype(np.float32))), dim=1)
+        np.testing.assert_allclose(got.numpy(), whitening.apply(x), atol=1e-5)
+    first, second = sides.values()
+    with torch.no_grad():
+        first.weight.add_(1.0)
+    assert not torch.equal(first.weight, second.weight)  # one side's training leaves the other's start
 
 
 class _KilledAt(np.ndarray):
