@@ -141,7 +141,6 @@ def main() -> None:
         return build_pairs(*pair_args)
 
     def swapped_train_tail(tail, pairs, init, config, gem_p, device, state_path=None, progress=True):
-        config = type(config)(**{**config.__dict__, "epochs": args.epochs, "lr": args.lr})
         started = time.perf_counter()
         if args.variant == "bank" and not args.probe:
             train_tail(tail, pairs, init, config, gem_p, device, None, progress)
@@ -161,12 +160,18 @@ def main() -> None:
                           "val_whiten": val["val_whiten"], "head": val["head"]}), flush=True)
         raise TuningDone
 
+    if args.blocks < 1:
+        ap.error("--blocks must be 1 or more: without tuned blocks there is nothing to compare")
+    try:
+        config = adapt_module.AdaptConfig(data=Path(args.data), format="catalog",
+                                          split_csv=Path(args.split_csv or Path(args.data) / "split.csv"),
+                                          out=Path("/tmp/bench_tune_negatives.safetensors"), cache=args.cache,
+                                          tune_blocks=args.blocks, tune_epochs=args.epochs, tune_lr=args.lr,
+                                          progress=False)
+    except ValueError as exc:
+        ap.error(str(exc))
     adapt_module.build_pairs = capturing_build_pairs
     adapt_module.train_tail = swapped_train_tail
-    config = adapt_module.AdaptConfig(data=Path(args.data), format="catalog",
-                                      split_csv=Path(args.split_csv or Path(args.data) / "split.csv"),
-                                      out=Path("/tmp/bench_tune_negatives.safetensors"), cache=args.cache,
-                                      tune_blocks=args.blocks, progress=False)
     try:
         adapt_module.adapt(config)
     except TuningDone:

@@ -395,12 +395,16 @@ def _imagenet_backbone() -> dict[str, torch.Tensor]:
     return build_from_backbone("efficientnet-lite0", "imagenet").backbone.state_dict()
 
 
-def _tail_key(key: str) -> bool:
-    """A parameter of the tuned tail by default: efficientnet-lite0's last LITE_TUNE_BLOCKS of its 16 blocks
-    and the conv head above them."""
+def _first_tuned_block() -> int:
+    """efficientnet-lite0 has 16 blocks; by default adapt tunes the last LITE_TUNE_BLOCKS of them."""
     from model.training.adapt import LITE_TUNE_BLOCKS
 
-    tuned = tuple(f"net._blocks.{b}." for b in range(16 - LITE_TUNE_BLOCKS, 16))
+    return 16 - LITE_TUNE_BLOCKS
+
+
+def _tail_key(key: str) -> bool:
+    """A parameter of the tuned tail by default: the tuned blocks and the conv head above them."""
+    tuned = tuple(f"net._blocks.{b}." for b in range(_first_tuned_block(), 16))
     return key.startswith((*tuned, "net._conv_head.", "net._bn1."))
 
 
@@ -417,9 +421,7 @@ def test_tuning_trains_only_the_last_blocks_and_their_maps_are_cached_for_indexi
     tuned, imagenet = load_model(str(adapted)).model.backbone.state_dict(), _imagenet_backbone()
     changed = {k for k, v in imagenet.items() if not torch.equal(tuned[k], v)}
     assert changed and all(_tail_key(k) for k in changed)
-    from model.training.adapt import LITE_TUNE_BLOCKS
-
-    assert any(k.startswith(f"net._blocks.{16 - LITE_TUNE_BLOCKS}.") for k in changed)  # the first tuned block too
+    assert any(k.startswith(f"net._blocks.{_first_tuned_block()}.") for k in changed)  # the first tuned block too
     assert not any("running_" in k for k in changed)  # BatchNorm statistics stay frozen
     cache = adapted.parent / "cache"
     assert len(list(cache.glob("trunk-*"))) == 3 and len(list(cache.glob("tune-*.pt"))) == 1  # catalogue, 2 crop sets
