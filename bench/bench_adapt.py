@@ -18,6 +18,8 @@ for a gain on real photos:
   photo, JPEG quality 20-45;
 - crowd:  composed apart from the training synthesiser (`crowd_view`: its own cut-out, no procedural
   scene): the product in front of other catalogue products, defocused, on an enlarged catalogue crop.
+  With `--view-styles default,company` (other products behind the product in training's views)
+  this recipe is the one most like training: a gain there alone is not a gain on real photos.
 
 `--query-sizes` scores each adapted `--model` and variant again at other query sizes (the size the
 garment is found at; no refit), `--crop-from` with the garment cropped out of the view itself (the
@@ -145,6 +147,7 @@ VARIANTS = {
     "k1": {"views": 1},
     "k4": {"views": 4},
     "hard": {"view_styles": ("default", "hard")},
+    "company": {"view_styles": ("default", "company")},
     "whiten": {"head": "whiten"},
     "residual": {"head": "residual"},
     "no-locate": {"locate": False},

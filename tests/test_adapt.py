@@ -284,11 +284,9 @@ def test_adapt_resumes_from_the_shards_a_killed_run_wrote(shop, tmp_path):
 
 
 def test_each_view_set_is_drawn_in_its_style_and_cached_apart(shop, adapted, tmp_path):
-    from dataclasses import asdict
-
-    from model.synthesis import VIEW_STYLES
-
     import shutil
+
+    from model.synthesis import VIEW_STYLES, ConsumerViewSynthesizer
 
     cache = shutil.copytree(adapted.parent / "cache", tmp_path / "cache")  # the default's, made by the fixture
     before = {p.name for p in cache.glob("views-*")}
@@ -298,9 +296,51 @@ def test_each_view_set_is_drawn_in_its_style_and_cached_apart(shop, adapted, tmp
     assert report["view_styles"] == ["default", "hard"]
     made = {p.name for p in cache.glob("views-*")} - before
     assert len(made) == 1  # view set 0 is the default's, reused; set 1 is new: the hard style's
-    described = json.loads((cache / made.pop() / "cache.json").read_text())
-    hard = json.loads(json.dumps(asdict(VIEW_STYLES["hard"])))  # as JSON holds it: tuples are lists
-    assert described["synth"] == hard and hard != json.loads(json.dumps(asdict(VIEW_STYLES["default"])))
+    hard = json.loads(json.dumps(ConsumerViewSynthesizer(VIEW_STYLES["hard"]).describe()))  # JSON: tuples are lists
+    assert json.loads((cache / made.pop() / "cache.json").read_text())["synth"] == hard
+    assert hard != json.loads(json.dumps(ConsumerViewSynthesizer(VIEW_STYLES["default"]).describe()))
+
+
+def test_view_company_is_drawn_from_training_items_only(shop, tmp_path):
+    from model.training.adapt_data import view_synthesizers
+    from model.training.data import read_data
+
+    photos = sorted(shop.glob("*.jpg"))
+    split = tmp_path / "split.csv"
+    split.write_text("path,item_id,split\n" + "".join(
+        f"{p.name},{p.stem},{'test' if n % 4 == 0 else 'train'}\n" for n, p in enumerate(photos)))  # a folder: id = stem
+    train = read_data("catalog", shop, split_csv=split).split("train")
+    synthesizers = view_synthesizers(("default", "company"), 3, train)
+    assert [s.config.p_company > 0 for s in synthesizers] == [False, True, False]
+    company = {p.resolve() for p in synthesizers[1].companions}
+    assert company == {p.resolve() for p in photos[1::4] + photos[2::4] + photos[3::4]}
+
+
+def test_where_the_product_is_is_learnt_from_the_views_without_company(adapted, shop, tmp_path, monkeypatch):
+    import shutil
+
+    import model.training.adapt as adapt_module
+
+    fitted_on = []
+    real = adapt_module.fit_foreground_on_parts
+
+    def recording(cat_part, view_parts, *args, **kwargs):
+        fitted_on.append([json.loads((part.dir / "cache.json").read_text())["synth"] for part in view_parts])
+        return real(cat_part, view_parts, *args, **kwargs)
+
+    monkeypatch.setattr(adapt_module, "fit_foreground_on_parts", recording)
+    cache = shutil.copytree(adapted.parent / "cache", tmp_path / "cache")  # the default's first set: no pass again
+    adapt(AdaptConfig(data=shop, format="catalog", out=tmp_path / "a.safetensors", cache=cache, **FAST,
+                      view_styles=("default", "company")))
+    # The company set is cached with what it drew from (its photos' listing, hashed)...
+    company = [json.loads((p / "cache.json").read_text())["synth"] for p in cache.glob("views-*")]
+    assert [len(synth["companions"]) for synth in company if "companions" in synth] == [64]
+    # ...but the foreground map learnt where the product is from the set without company.
+    assert len(fitted_on) == 1 and len(fitted_on[0]) == 1 and "companions" not in fitted_on[0][0]
+    # With no set free of company, every set teaches it rather than none.
+    adapt(AdaptConfig(data=shop, format="catalog", out=tmp_path / "b.safetensors", cache=cache, **FAST,
+                      view_styles=("company",)))
+    assert len(fitted_on[1]) == 2 and all("companions" in synth for synth in fitted_on[1])
 
 
 # --- the checkpoint through the indexer and the service ------------------------------------------

@@ -194,7 +194,67 @@ def test_photo_backgrounds_are_used_and_a_broken_file_falls_back(tmp_path):
     assert out.mode == "RGB"
 
 
-@pytest.mark.parametrize("bad", [dict(p_jpeg=1.5), dict(brightness=(1.2, 0.8)), dict(max_occluded_fraction=2.0)])
+# --- company: other products in the scene ---------------------------------------------------------
+
+def _company_photos(tmp_path) -> tuple[list, np.ndarray]:
+    """A pure green product on white, saved as a catalogue photo, and that green."""
+    green = (20, 200, 40)
+    path = tmp_path / "companion.png"
+    _shirt(green, size=(120, 150))[0].save(path)
+    return [path], np.array(green)
+
+
+def test_company_is_set_behind_the_product_and_left_out_of_its_mask(tmp_path):
+    companions, green = _company_photos(tmp_path)
+    shop = _shirt((200, 30, 40))[0]
+    config = replace(CLEAN, p_cutout=1.0, garment_fraction=(0.35, 0.5), company_count=(3, 3))
+    alone = ConsumerViewSynthesizer(config)
+    crowded = ConsumerViewSynthesizer(replace(config, p_company=1.0), companions=companions)
+    seen = 0
+    for seed in range(6):
+        a_img, a_mask = alone.compose(shop, random.Random(seed))
+        c_img, c_mask = crowded.compose(shop, random.Random(seed))
+        # The same frame, placement and scene: the company only adds to the scene behind the product.
+        assert a_img.size == c_img.size and a_mask.tobytes() == c_mask.tobytes()
+        product = np.asarray(c_mask) == 255
+        a, c = np.asarray(a_img, np.int32), np.asarray(c_img, np.int32)
+        assert np.array_equal(a[product], c[product])
+        changed = np.abs(a - c).max(2) > 30
+        assert not (changed & product).any()
+        greenish = np.abs(c - green).max(2) < 25
+        seen += (changed & greenish).sum() > 100  # the companion itself, not a smear
+    assert seen >= 4
+
+
+def test_without_companions_or_with_p_company_0_views_and_their_cache_key_are_unchanged(tmp_path):
+    companions, _ = _company_photos(tmp_path)
+    shop = _shirt((200, 30, 40))[0]
+    plain = ConsumerViewSynthesizer(CLEAN)
+    off = ConsumerViewSynthesizer(CLEAN, companions=companions)  # p_company 0: no company
+    unsupplied = ConsumerViewSynthesizer(replace(CLEAN, p_company=1.0))  # no photos to draw it from
+    for synth in (off, unsupplied):
+        assert synth(shop, random.Random(3)).tobytes() == plain(shop, random.Random(3)).tobytes()
+        assert synth.describe() == plain.describe()
+    assert not any("compan" in key for key in plain.describe())  # caches made before company stay valid
+    on = ConsumerViewSynthesizer(replace(CLEAN, p_company=1.0), companions=companions)
+    other = ConsumerViewSynthesizer(replace(CLEAN, p_company=1.0), companions=companions + [tmp_path / "b.png"])
+    assert on.describe() != plain.describe() and on.describe() != other.describe()
+
+
+def test_company_photos_that_fail_or_have_no_backdrop_are_passed_over(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    noise = tmp_path / "noise.png"  # no plain backdrop: nothing to cut out
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(noise)
+    shop = _shirt((200, 30, 40))[0]
+    config = replace(CLEAN, p_cutout=1.0, p_company=1.0, company_count=(2, 2))
+    out = ConsumerViewSynthesizer(config, companions=[broken, noise])(shop, random.Random(5))
+    assert out.tobytes() == ConsumerViewSynthesizer(replace(config, p_company=0.0))(shop, random.Random(5)).tobytes()
+
+
+@pytest.mark.parametrize("bad", [dict(p_jpeg=1.5), dict(brightness=(1.2, 0.8)), dict(max_occluded_fraction=2.0),
+                                 dict(p_company=1.2), dict(company_count=(3, 1)), dict(company_count=(-1, 2)),
+                                 dict(company_height=(0.0, 0.5))])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         ConsumerViewConfig(**bad)

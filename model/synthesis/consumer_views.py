@@ -8,17 +8,19 @@ one look; only colour is kept on a short leash, because a red dress must still r
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .company import add_company
 from .cutout import cutout_mask, product_mask
 from ..preprocessing import ImageDecodeError, load_image
 from .scenes import procedural_background, random_colour, skin_tone, value_noise
@@ -66,6 +68,11 @@ class ConsumerViewConfig:
     rescale: Range = (0.4, 0.8)
     p_jpeg: float = 0.9
     jpeg_quality: tuple[int, int] = (30, 90)
+    # Other catalogue products in the scene behind the product (the synthesizer's `companions`).
+    p_company: float = 0.0
+    company_count: tuple[int, int] = (1, 3)
+    company_height: Range = (0.3, 0.8)     # of the frame's height
+    company_blur: Range = (0.0, 2.5)       # defocus, px at output size
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -75,6 +82,11 @@ class ConsumerViewConfig:
                 raise ValueError(f"{f.name}: expected a probability or a (low, high) pair, got {v}")
         if self.garment_fraction[0] <= 0 or not 0 <= self.max_occluded_fraction <= 1:
             raise ValueError("garment_fraction must be positive and max_occluded_fraction within 0..1")
+        if self.company_count[0] < 0 or self.company_height[0] <= 0 or self.company_blur[0] < 0:
+            raise ValueError("company_count, company_blur must be non-negative and company_height positive")
+
+
+_COMPANY_FIELDS = ("p_company", "company_count", "company_height", "company_blur")
 
 # Named recipes for adapt's view sets (set n draws with style n mod len): one look, however random,
 # teaches one distance between street and shop. "default" fills the frame as most shoppers do;
@@ -87,6 +99,8 @@ VIEW_STYLES: Mapping[str, ConsumerViewConfig] = MappingProxyType({
         brightness=(0.5, 1.4), contrast=(0.65, 1.3), gamma=(0.65, 1.5), max_temperature=0.16,
         saturation=(0.6, 1.3), p_blur=0.65, max_blur=1.8, noise_sigma=(1.0, 9.0), p_rescale=0.45,
         rescale=(0.35, 0.8), jpeg_quality=(22, 80)),
+    # "company": other products around the one asked for, as in a photo of a whole outfit or a street.
+    "company": ConsumerViewConfig(p_company=0.8),
 })
 
 
@@ -103,9 +117,21 @@ class ConsumerViewSynthesizer:
     """Turns a shop photo into a random street-style photo of the same product."""
 
     def __init__(self, config: ConsumerViewConfig = ConsumerViewConfig(),
-                 backgrounds: Sequence[Path] | None = None) -> None:
+                 backgrounds: Sequence[Path] | None = None, companions: Sequence[Path] | None = None) -> None:
         self.config = config
         self.backgrounds = tuple(Path(p) for p in backgrounds or ())
+        # Photos of other products for the company (config.p_company); without them there is none.
+        self.companions = tuple(Path(p) for p in companions or ()) if config.p_company > 0 else ()
+
+    def describe(self) -> dict:
+        """What decides the views it renders, for a cache's fingerprint. The company's settings are
+        left out when no view can have company, so that caches made before it existed stay valid."""
+        described = asdict(self.config)
+        company = {name: described.pop(name) for name in _COMPANY_FIELDS}
+        if self.companions:
+            listing = "\n".join(map(str, self.companions)).encode()
+            described |= company | {"companions": hashlib.sha256(listing).hexdigest()}
+        return described
 
     def __call__(self, shop: Image.Image, rng: random.Random) -> Image.Image:
         """RGB in, RGB out; the result depends only on the photo and the state of `rng`."""
@@ -120,6 +146,8 @@ class ConsumerViewSynthesizer:
         shop = shop.convert("RGB")
         # One stream per stage, so switching a stage off in an ablation leaves the others' draws alone.
         r_frame, r_bg, r_geo, r_occ, r_light, r_cam = (random.Random(rng.getrandbits(64)) for _ in range(6))
+        # Drawn last and only with company, so that views without it stay what they were before it.
+        r_company = random.Random(rng.getrandbits(64)) if self.companions else None
         ratio = r_frame.choices([a for a, _ in c.aspects], [wt for _, wt in c.aspects])[0]
         side = r_frame.randint(*c.long_side)
         W, H = (side, max(1, round(side / ratio))) if ratio >= 1 else (max(1, round(side * ratio)), side)
@@ -130,6 +158,8 @@ class ConsumerViewSynthesizer:
         la = np.asarray(layer, dtype=np.float32)  # premultiplied RGB + alpha
         alpha = la[..., 3:] / 255
         bg = np.asarray(self._background(W, H, r_bg), dtype=np.float32)
+        if r_company is not None and r_company.random() < c.p_company:
+            bg = add_company(bg, self.companions, c.company_count, c.company_height, c.company_blur, r_company)
         if mask is not None and r_geo.random() < c.p_shadow:
             bg = bg * self._shadow(alpha_img, r_geo)[..., None]
         comp = bg * (1 - alpha) + la[..., :3]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .adapt_cache import TrunkAndMaps, catalog_cache, default_cache_dir, encode_crops, encode_rows, rows_hash
-from .adapt_data import MASK_BOX_JITTER, MaskBoxCrops, RowDataset, catalog_rows, view_rows
+from .adapt_data import MASK_BOX_JITTER, MaskBoxCrops, RowDataset, catalog_rows, view_rows, view_synthesizers
 from .adapt_context import held_out_context
 from .adapt_fit import Projection, fit_foreground_on_parts, fit_projection, held_out_items, pool_part
 from ..adapted_head import BOX_RULE, garment_boxes
@@ -62,7 +62,9 @@ class AdaptConfig:
     views: int = 2                  # synthesised views per item (catalog format)
     # Of those, the last box_views sets are cropped at their mask's box (MaskBoxCrops): no frame pass.
     box_views: int = 0
-    view_styles: tuple[str, ...] = ("default",)  # view set n is drawn in style n mod len (synthesis.VIEW_STYLES)
+    # View set n is drawn in style n mod len (synthesis.VIEW_STYLES). "company" is not a default: adapted
+    # on a whole catalogue it lost on five query recipes of six (README "Company in the scene").
+    view_styles: tuple[str, ...] = ("default",)
     cache: Path | None = None
     device: str = "auto"
     batch_size: int | str = AUTO    # or a number: see batch_size.py
@@ -178,10 +180,7 @@ def adapt(config: AdaptConfig) -> Path:
 
     synthesizers = [None]
     if synthesised:
-        from ..synthesis import VIEW_STYLES, ConsumerViewSynthesizer
-
-        synthesizers = [ConsumerViewSynthesizer(VIEW_STYLES[config.view_styles[n % len(config.view_styles)]])
-                        for n in range(config.views)]
+        synthesizers = view_synthesizers(config.view_styles, config.views, train)
         view_sets = [view_rows(train.shop_by_item(), n) for n in range(config.views)]
     else:
         view_sets = [catalog_rows(train.consumer())]
@@ -190,7 +189,7 @@ def adapt(config: AdaptConfig) -> Path:
     view_parts = []
     t0 = time.perf_counter()
     for n, (rows, synthesizer) in enumerate(zip(view_sets[:located_sets], synthesizers)):
-        synth_desc = asdict(synthesizer.config) if synthesizer else None
+        synth_desc = synthesizer.describe() if synthesizer else None
         fingerprint = base | {"prep": view_prep.to_dict(), "rows": rows_hash(rows), "synth": synth_desc}
         part = CachePart(cache_root, "views", fingerprint, len(rows), config.shard_rows).open()
         # Without the garment crop the views themselves are the queries: their pass keeps the trunk.
@@ -206,7 +205,7 @@ def adapt(config: AdaptConfig) -> Path:
     for n in range(located_sets, len(view_sets)):
         rows, synthesizer = view_sets[n], synthesizers[n]
         fingerprint = base | {"prep": prep.to_dict(), "frame_size": config.query_size, "rows": rows_hash(rows),
-                              "synth": asdict(synthesizer.config), "box_rule": BOX_RULE, "margin": config.crop_margin,
+                              "synth": synthesizer.describe(), "box_rule": BOX_RULE, "margin": config.crop_margin,
                               "jitter": list(MASK_BOX_JITTER)}
         part = CachePart(cache_root, "boxcrops", fingerprint, len(rows), config.shard_rows).open()
         encode_rows(part, MaskBoxCrops(rows, prep, synthesizer, config.query_size, config.crop_margin, MASK_BOX_JITTER),
@@ -224,7 +223,11 @@ def adapt(config: AdaptConfig) -> Path:
         log.warning("skipped: %s", line)
     foreground = None
     if config.foreground:
-        foreground = fit_foreground_on_parts(cat_part, view_parts, config.max_cells, config.seed)
+        # Where the product is is learnt from the views that show it alone: taught on views with
+        # company too, the head found small garments worse (bench_adapt `small` 0.493 against 0.583
+        # top-1; README "Company in the scene"). The embedding still learns from every set.
+        alone = [part for part, synth in zip(view_parts, synthesizers) if not getattr(synth, "companions", ())]
+        foreground = fit_foreground_on_parts(cat_part, alone or view_parts, config.max_cells, config.seed)
     timings["foreground_s"] = time.perf_counter() - t0
 
     adapter = AdapterConfig(dim=config.dim, foreground=config.foreground, locate=config.locate,

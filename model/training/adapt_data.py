@@ -23,7 +23,7 @@ from ..adapted_head import garment_boxes
 from ..config import Preprocessing
 from ..garment_crop import crop_photo
 from ..synthesis.cutout import product_mask
-from .data import Photo
+from .data import Photo, RetrievalData
 from ..preprocessing import ImageDecodeError, letterbox_content, letterbox_tensor, load_input_image
 from .views import load_photo
 
@@ -51,6 +51,17 @@ def view_rows(photos_by_item: dict[str, list[Photo]], view: int) -> list[Row]:
     larger one without encoding the first views again."""
     return [Row(photos[view % len(photos)], VIEW_SEED + 1000 * index + view)
             for index, (item, photos) in enumerate(sorted(photos_by_item.items()))]
+
+
+def view_synthesizers(styles: Sequence[str], views: int, train: RetrievalData) -> list:
+    """The synthesiser of each of `views` view sets: set n draws in style n mod len(styles)
+    (synthesis.VIEW_STYLES), its company from the training items' own shop photos, so that no
+    held-out item is ever seen in training, not even behind another."""
+    from ..synthesis import VIEW_STYLES, ConsumerViewSynthesizer
+
+    companions = [photo.path for photo in train.shop()]
+    return [ConsumerViewSynthesizer(VIEW_STYLES[styles[n % len(styles)]], companions=companions)
+            for n in range(views)]
 
 
 def row_key(row: Row) -> str:
