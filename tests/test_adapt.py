@@ -314,6 +314,15 @@ def test_view_company_is_drawn_from_training_items_only(shop, tmp_path):
     assert [s.config.p_company > 0 for s in synthesizers] == [False, True, False]
     company = {p.resolve() for p in synthesizers[1].companions}
     assert company == {p.resolve() for p in photos[1::4] + photos[2::4] + photos[3::4]}
+    # adapt itself hands them the training items: its company set is cached under their listing.
+    out, cache = tmp_path / "a.safetensors", tmp_path / "cache"
+    adapt(AdaptConfig(data=shop, format="catalog", split_csv=split, out=out, cache=cache, **FAST,
+                      view_styles=("default", "company")))
+    cached = [json.loads((p / "cache.json").read_text())["synth"] for p in cache.glob("views-*")]
+    assert [synth["companions"] for synth in cached if "companions" in synth] == [
+        synthesizers[1].describe()["companions"]]
+    everyone = view_synthesizers(("company",), 1, read_data("catalog", shop))[0].describe()["companions"]
+    assert everyone != synthesizers[1].describe()["companions"]
 
 
 def test_where_the_product_is_is_learnt_from_the_views_without_company(adapted, shop, tmp_path, monkeypatch):
