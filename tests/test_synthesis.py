@@ -239,6 +239,11 @@ def test_without_companions_or_with_p_company_0_views_and_their_cache_key_are_un
     on = ConsumerViewSynthesizer(replace(CLEAN, p_company=1.0), companions=companions)
     other = ConsumerViewSynthesizer(replace(CLEAN, p_company=1.0), companions=companions + [tmp_path / "b.png"])
     assert on.describe() != plain.describe() and on.describe() != other.describe()
+    # Photo backgrounds change the views too, so they are part of the key when they can be drawn.
+    scenes = ConsumerViewSynthesizer(replace(CLEAN, p_photo_background=0.5), backgrounds=companions)
+    assert scenes.describe() != ConsumerViewSynthesizer(replace(CLEAN, p_photo_background=0.5)).describe()
+    assert ConsumerViewSynthesizer(replace(CLEAN, p_photo_background=0.0), backgrounds=companions).describe() == \
+        ConsumerViewSynthesizer(replace(CLEAN, p_photo_background=0.0)).describe()
 
 
 def test_company_photos_that_fail_or_have_no_backdrop_are_passed_over(tmp_path):

@@ -104,6 +104,10 @@ VIEW_STYLES: Mapping[str, ConsumerViewConfig] = MappingProxyType({
 })
 
 
+def _listing_hash(paths: Sequence[Path]) -> str:
+    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
+
+
 def _homography(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
     """3x3 matrix taking the four output points `dst` to the source points `src`."""
     rows, rhs = [], []
@@ -129,8 +133,9 @@ class ConsumerViewSynthesizer:
         described = asdict(self.config)
         company = {name: described.pop(name) for name in _COMPANY_FIELDS}
         if self.companions:
-            listing = "\n".join(map(str, self.companions)).encode()
-            described |= company | {"companions": hashlib.sha256(listing).hexdigest()}
+            described |= company | {"companions": _listing_hash(self.companions)}
+        if self.backgrounds and self.config.p_photo_background > 0:
+            described["backgrounds"] = _listing_hash(self.backgrounds)
         return described
 
     def __call__(self, shop: Image.Image, rng: random.Random) -> Image.Image:
