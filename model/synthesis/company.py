@@ -23,8 +23,8 @@ _BILINEAR = Image.Resampling.BILINEAR
 def add_company(scene: np.ndarray, companions: Sequence[Path], count: tuple[int, int],
                 height: tuple[float, float], blur: tuple[float, float], r: random.Random) -> np.ndarray:
     """`scene` (H, W, 3) float with `count` (low, high) products drawn from `companions` set into it,
-    each `height` (low, high) of the frame's height at its longer side and defocused by `blur` px. A photo that will
-    not decode, or has no backdrop to cut its product from, is passed over."""
+    each as long as `height` (low, high) of the frame's height on its longer side and defocused by
+    `blur` px. A photo that will not decode, or has no backdrop to cut its product from, is passed over."""
     H, W = scene.shape[:2]
     canvas = Image.fromarray(np.clip(scene + 0.5, 0, 255).astype(np.uint8)).convert("RGBA")
     for _ in range(r.randint(*count)):
