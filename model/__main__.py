@@ -133,7 +133,7 @@ def _add_adapt_parser(verbs) -> None:
                             "garments (README; default %(default)s)")
     adapt.add_argument("--view-styles", default=",".join(defaults.view_styles),
                        help="comma-separated synthesiser styles, view set n in style n mod their number: "
-                            "default, hard, company (default %(default)s)")
+                            "default, hard, company, night (default %(default)s)")
     adapt.add_argument("--cache", type=Path, default=None,
                        help="feature cache folder (default ~/.cache/snap2shop/adapt); a killed run resumes from it")
     adapt.add_argument("--batch-size", type=batch_size_arg, default=defaults.batch_size,

@@ -257,9 +257,69 @@ def test_company_photos_that_fail_or_have_no_backdrop_are_passed_over(tmp_path):
     assert out.tobytes() == ConsumerViewSynthesizer(replace(config, p_company=0.0))(shop, random.Random(5)).tobytes()
 
 
+# --- low light: a dim scene, the phone's gain, the hand's smear ----------------------------------
+
+def test_smear_spreads_a_point_along_the_line_of_motion_and_keeps_its_light():
+    from model.synthesis.low_light import smear
+
+    scene = np.zeros((41, 41, 3), np.float32)
+    scene[20, 20] = 900.0
+    across = smear(scene, 9.0, 0.0)[..., 0]
+    lit = np.argwhere(across > 0)
+    assert set(lit[:, 0]) == {20} and lit[:, 1].max() - lit[:, 1].min() + 1 == 9  # a horizontal line, 9 px
+    assert across.sum() == pytest.approx(900.0)
+    down = smear(scene, 9.0, np.pi / 2)[..., 0]
+    assert set(np.argwhere(down > 0)[:, 1]) == {20} and down.sum() == pytest.approx(900.0)
+
+
+def test_low_light_noise_grows_with_the_light_a_pixel_gets():
+    from model.synthesis.low_light import low_light
+
+    scene = np.full((64, 128, 3), 40.0, np.float32)
+    scene[:, 64:] = 220.0
+    dark_sd, bright_sd = [], []
+    for seed in range(8):
+        out = low_light(scene, random.Random(seed), (0.2, 0.2), (0.0, 0.0))
+        assert out.shape == scene.shape and out.min() >= 0 and out.max() <= 255
+        assert out[:, 64:].mean() < 220 and out[:, :64].mean() < 40  # a dim scene stays dimmer
+        dark_sd.append(out[4:-4, 4:60].std(axis=(0, 1)).mean())
+        bright_sd.append(out[4:-4, 68:-4].std(axis=(0, 1)).mean())
+    assert all(b > 1.3 * d for b, d in zip(bright_sd, dark_sd))  # shot noise, not a constant sigma
+    assert min(dark_sd) > 0.5
+
+
+def test_a_low_light_view_keeps_its_frame_and_mask_and_other_views_stay_what_they_were():
+    shop = _shirt((200, 30, 40))[0]
+    plain = ConsumerViewSynthesizer(replace(CLEAN, p_cutout=1.0))
+    dim = ConsumerViewSynthesizer(replace(CLEAN, p_cutout=1.0, p_low_light=0.5))
+    changed = 0
+    for seed in range(12):
+        a_img, a_mask = plain.compose(shop, random.Random(seed))
+        d_img, d_mask = dim.compose(shop, random.Random(seed))
+        assert a_img.size == d_img.size and a_mask.tobytes() == d_mask.tobytes()
+        a, d = np.asarray(a_img, np.float32), np.asarray(d_img, np.float32)
+        if a_img.tobytes() != d_img.tobytes():  # dim: darker on the whole, the product's flat red now grainy
+            changed += 1
+            assert d.mean() < a.mean()
+            inside = np.asarray(d_mask) == 255
+            assert d[inside].std(0).mean() > a[inside].std(0).mean()
+    assert 3 <= changed <= 9  # about half the views are dim; the rest are byte for byte the plain ones
+
+
+def test_low_light_settings_enter_the_cache_key_only_when_views_can_be_dim():
+    plain = ConsumerViewSynthesizer(CLEAN).describe()
+    assert not any("low_light" in key for key in plain)  # caches made before low light stay valid
+    assert ConsumerViewSynthesizer(replace(CLEAN, low_light_motion=(0.0, 3.0))).describe() == plain
+    dim = ConsumerViewSynthesizer(replace(CLEAN, p_low_light=0.5)).describe()
+    assert dim != plain and dim != ConsumerViewSynthesizer(
+        replace(CLEAN, p_low_light=0.5, low_light_exposure=(0.3, 0.6))).describe()
+
+
 @pytest.mark.parametrize("bad", [dict(p_jpeg=1.5), dict(brightness=(1.2, 0.8)), dict(max_occluded_fraction=2.0),
                                  dict(p_company=1.2), dict(company_count=(3, 1)), dict(company_count=(-1, 2)),
-                                 dict(company_height=(0.0, 0.5))])
+                                 dict(company_height=(0.0, 0.5)), dict(p_low_light=-0.1),
+                                 dict(low_light_exposure=(0.0, 0.3)), dict(low_light_exposure=(0.5, 1.5)),
+                                 dict(low_light_motion=(-1.0, 3.0))])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         ConsumerViewConfig(**bad)

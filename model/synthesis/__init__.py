@@ -2,7 +2,8 @@
 
 consumer_views: the synthesizer (ConsumerViewConfig, its named VIEW_STYLES, ConsumerViewSynthesizer);
 cutout: the product's mask out of its studio backdrop; scenes: the procedural backgrounds, colours
-and noise it places the product on; company: other products set into the scene behind it.
+and noise it places the product on; company: other products set into the scene behind it;
+low_light: a dim scene as a phone renders it (the hand's smear, shot noise, gain, denoising).
 Training and adaptation use it; the network never does."""
 from .consumer_views import VIEW_STYLES, ConsumerViewConfig, ConsumerViewSynthesizer
 from .cutout import cutout_mask, product_mask

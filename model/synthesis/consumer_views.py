@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .company import add_company
 from .cutout import cutout_mask, product_mask
+from .low_light import low_light
 from ..preprocessing import ImageDecodeError, load_image
 from .scenes import procedural_background, random_colour, skin_tone, value_noise
 
@@ -73,6 +74,10 @@ class ConsumerViewConfig:
     company_count: tuple[int, int] = (1, 3)
     company_height: Range = (0.3, 0.8)     # of the frame's height
     company_blur: Range = (0.0, 2.5)       # defocus, px at output size
+    # A dim scene (low_light.py): a long exposure's hand motion, light-dependent noise, the phone's gain.
+    p_low_light: float = 0.0
+    low_light_exposure: Range = (0.12, 0.45)  # of a well-lit frame's exposure
+    low_light_motion: Range = (0.0, 12.0)    # length of the hand's smear, px at a 384 px long side
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,9 +89,12 @@ class ConsumerViewConfig:
             raise ValueError("garment_fraction must be positive and max_occluded_fraction within 0..1")
         if self.company_count[0] < 0 or self.company_height[0] <= 0 or self.company_blur[0] < 0:
             raise ValueError("company_count, company_blur must be non-negative and company_height positive")
+        if not 0 < self.low_light_exposure[0] <= self.low_light_exposure[1] <= 1 or self.low_light_motion[0] < 0:
+            raise ValueError("low_light_exposure must lie within (0, 1] and low_light_motion be non-negative")
 
 
 _COMPANY_FIELDS = ("p_company", "company_count", "company_height", "company_blur")
+_LOW_LIGHT_FIELDS = ("p_low_light", "low_light_exposure", "low_light_motion")
 
 # Named recipes for adapt's view sets (set n draws with style n mod len): one look, however random,
 # teaches one distance between street and shop. "default" fills the frame as most shoppers do;
@@ -101,6 +109,8 @@ VIEW_STYLES: Mapping[str, ConsumerViewConfig] = MappingProxyType({
         rescale=(0.35, 0.8), jpeg_quality=(22, 80)),
     # "company": other products around the one asked for, as in a photo of a whole outfit or a street.
     "company": ConsumerViewConfig(p_company=0.8),
+    # "night": a dim shop or street, the phone's long exposure and gain (low_light.py).
+    "night": ConsumerViewConfig(p_low_light=0.7),
 })
 
 
@@ -129,11 +139,15 @@ class ConsumerViewSynthesizer:
 
     def describe(self) -> dict:
         """What decides the views it renders, for a cache's fingerprint. The company's settings are
-        left out when no view can have company, so that caches made before it existed stay valid."""
+        left out when no view can have company, and those of low light when none can be dim, so that
+        caches made before them stay valid."""
         described = asdict(self.config)
         company = {name: described.pop(name) for name in _COMPANY_FIELDS}
         if self.companions:
             described |= company | {"companions": _listing_hash(self.companions)}
+        dark = {name: described.pop(name) for name in _LOW_LIGHT_FIELDS}
+        if self.config.p_low_light > 0:
+            described |= dark
         if self.backgrounds and self.config.p_photo_background > 0:
             described["backgrounds"] = _listing_hash(self.backgrounds)
         return described
@@ -153,6 +167,7 @@ class ConsumerViewSynthesizer:
         r_frame, r_bg, r_geo, r_occ, r_light, r_cam = (random.Random(rng.getrandbits(64)) for _ in range(6))
         # Drawn last and only with company, so that views without it stay what they were before it.
         r_company = random.Random(rng.getrandbits(64)) if self.companions else None
+        r_dark = random.Random(rng.getrandbits(64)) if c.p_low_light > 0 else None  # likewise
         ratio = r_frame.choices([a for a, _ in c.aspects], [wt for _, wt in c.aspects])[0]
         side = r_frame.randint(*c.long_side)
         W, H = (side, max(1, round(side / ratio))) if ratio >= 1 else (max(1, round(side * ratio)), side)
@@ -175,6 +190,8 @@ class ConsumerViewSynthesizer:
             comp = comp * (1 - cover) + colour * cover
             visible = visible * (1 - cover[..., 0])
         mask = Image.fromarray(np.clip(visible * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+        if r_dark is not None and r_dark.random() < c.p_low_light:
+            comp = low_light(comp, r_dark, c.low_light_exposure, c.low_light_motion)
         return self._camera(comp, alpha_img, r_light, r_cam), mask
 
     def _background(self, W: int, H: int, r: random.Random) -> Image.Image:
