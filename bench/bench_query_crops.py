@@ -47,7 +47,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from bench_adapt import catalog_embeddings, embed_queries, make_queries
+    from bench_adapt import catalog_embeddings, embed_queries
+    from query_recipes import make_queries
     from model import load_model
     from model.training.data import read_data
     from model.training.evaluate import item_ranks, top_k
