@@ -52,7 +52,8 @@ VARIANTS = {
     "k4": {"views": 4},
     "hard": {"view_styles": ("default", "hard")},
     "company": {"view_styles": ("default", "company")},
-    "night": {"view_styles": ("default", "night")},
+    "night": {"view_styles": ("default", "night")},  # the default since 2026-12-08
+    "plain": {"view_styles": ("default",)},           # the default before it
     "whiten": {"head": "whiten"},
     "residual": {"head": "residual"},
     "no-locate": {"locate": False},
