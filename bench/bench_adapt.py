@@ -21,8 +21,8 @@ for a gain on real photos:
   With `--view-styles default,company` (other products behind the product in training's views)
   this recipe is the one most like training: a gain there alone is not a gain on real photos;
 - lens:   optics no view style renders: barrel distortion, colour fringes, haze, blown highlights
-  and their glow, a phone's sharpening. With `--view-styles default,night` (a dim scene's noise and
-  the hand's smear in training's views) it, not `motion`, is the recipe of unseen degradations.
+  and their glow, a phone's sharpening. Since adapt's default draws a `night` view set (a dim
+  scene's noise and the hand's smear), it, not `motion`, is the recipe of unseen degradations.
 
 The recipes live in query_recipes.py.
 
@@ -52,8 +52,7 @@ VARIANTS = {
     "k4": {"views": 4},
     "hard": {"view_styles": ("default", "hard")},
     "company": {"view_styles": ("default", "company")},
-    "night": {"view_styles": ("default", "night")},  # the default since 2026-12-08
-    "plain": {"view_styles": ("default",)},           # the default before it
+    "plain": {"view_styles": ("default",)},  # the default before "night" joined it (2026-12-08)
     "whiten": {"head": "whiten"},
     "residual": {"head": "residual"},
     "no-locate": {"locate": False},

@@ -16,7 +16,8 @@ RECIPE_SEEDS = {"synth": 20_181_116, "small": 31_000_000, "harsh": 41_000_000, "
 def motion_view(synth):
     """A recipe of degradations the default training synthesiser never renders: the hand's motion
     blur along a random line, a dim scene's gain and noise, a low-resolution phone photo, heavy
-    compression. (The `night` view style renders the first two its own way.)"""
+    compression. (The `night` view style renders the first two its own way; this smear is kept apart
+    from model.synthesis.low_light on purpose, so that the recipe does not share training's code.)"""
     import io
 
     import numpy as np
